@@ -1,0 +1,50 @@
+from django.contrib import admin
+
+from .models import CatalogModel, Price, UsageRecord
+
+
+class PriceInline(admin.TabularInline):
+    model = Price
+    extra = 0
+    ordering = ["-effective_from"]
+
+
+@admin.register(CatalogModel)
+class CatalogModelAdmin(admin.ModelAdmin):
+    list_display = ["name", "tier", "context_window", "current_price", "is_active"]
+    list_filter = ["is_active", "tier"]
+    search_fields = ["name", "description"]
+    inlines = [PriceInline]
+
+    @admin.display(description="price in/out per 1M")
+    def current_price(self, obj):
+        from django.utils import timezone
+
+        price = obj.prices.filter(effective_from__lte=timezone.now()).order_by("-effective_from").first()
+        return f"${price.input_per_mtok} / ${price.output_per_mtok}" if price else "— (not served)"
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    """The ledger is append-only: admins can read and filter it, never edit it."""
+
+    list_display = ["created_at", "organization", "feature", "model_served", "status", "input_tokens",
+                    "output_tokens", "cost_total", "duration_ms", "shipped"]
+    list_filter = ["status", "attempt_kind", "organization", "model_served", "streamed", "cache_hit"]
+    search_fields = ["request_id", "trace_id", "feature"]
+    date_hierarchy = "created_at"
+    list_select_related = ["organization"]
+    show_full_result_count = False
+
+    @admin.display(boolean=True, description="shipped")
+    def shipped(self, obj):
+        return obj.shipped_at is not None
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

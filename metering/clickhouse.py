@@ -1,0 +1,187 @@
+"""The analytics store: one ClickHouse client per process and the schema it needs.
+
+CLICKHOUSE_DSN is `chdb:///path` for the embedded default (an in-process
+ClickHouse that only one process may open at a time) or an HTTP DSN for a
+ClickHouse server. The client is opened lazily, on first use, so management
+commands that never touch analytics never lock the chDB folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import clickhouse_connect
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+_client = None
+_client_lock = threading.Lock()
+
+USAGE_EVENTS_DDL = """
+CREATE TABLE IF NOT EXISTS usage_events
+(
+    event_id UUID,
+    request_id String,
+    trace_id String,
+    timestamp DateTime64(6, 'UTC'),
+    org_id UInt64,
+    org_slug LowCardinality(String),
+    feature LowCardinality(String),
+    api_key_id UInt64,
+    user_id UInt64,
+    endpoint LowCardinality(String),
+    model_requested LowCardinality(String),
+    model_served LowCardinality(String),
+    pool LowCardinality(String),
+    replica String,
+    attempt_kind LowCardinality(String),
+    status LowCardinality(String),
+    error_code LowCardinality(String),
+    streamed Bool,
+    input_tokens UInt32,
+    cached_input_tokens UInt32,
+    output_tokens UInt32,
+    tokens_saved UInt32,
+    queue_wait_ms Float64,
+    ttft_ms Nullable(Float64),
+    duration_ms Float64,
+    engine_seconds Float64,
+    cost_input Decimal(18, 9),
+    cost_output Decimal(18, 9),
+    cost_gpu Decimal(18, 9),
+    cost_total Decimal(18, 9),
+    cache_hit Bool,
+    downgraded Bool
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (org_id, timestamp, event_id)
+SETTINGS non_replicated_deduplication_window = 1000
+"""
+
+# The table the OpenTelemetry Collector's ClickHouse exporter creates (Map
+# attribute variant), so a real Collector can write here and Grafana's
+# ClickHouse plugin reads it unchanged.
+OTEL_TRACES_DDL = """
+CREATE TABLE IF NOT EXISTS otel_traces
+(
+    Timestamp DateTime64(9) CODEC(Delta, ZSTD(1)),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    ParentSpanId String CODEC(ZSTD(1)),
+    TraceState String CODEC(ZSTD(1)),
+    SpanName LowCardinality(String) CODEC(ZSTD(1)),
+    SpanKind LowCardinality(String) CODEC(ZSTD(1)),
+    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
+    ResourceAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    ScopeName String CODEC(ZSTD(1)),
+    ScopeVersion String CODEC(ZSTD(1)),
+    SpanAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    Duration UInt64 CODEC(ZSTD(1)),
+    StatusCode LowCardinality(String) CODEC(ZSTD(1)),
+    StatusMessage String CODEC(ZSTD(1)),
+    Events Nested
+    (
+        Timestamp DateTime64(9),
+        Name LowCardinality(String),
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    Links Nested
+    (
+        TraceId String,
+        SpanId String,
+        TraceState String,
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_duration Duration TYPE minmax GRANULARITY 1
+)
+ENGINE = MergeTree
+PARTITION BY toDate(Timestamp)
+ORDER BY (ServiceName, SpanName, toDateTime(Timestamp))
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1
+"""
+
+# Trace-id lookup table and view, as the Collector creates them for Grafana's trace view.
+OTEL_TRACES_TRACE_ID_TS_DDL = """
+CREATE TABLE IF NOT EXISTS otel_traces_trace_id_ts
+(
+    TraceId String CODEC(ZSTD(1)),
+    Start DateTime CODEC(Delta, ZSTD(1)),
+    End DateTime CODEC(Delta, ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.01) GRANULARITY 1
+)
+ENGINE = MergeTree
+PARTITION BY toDate(Start)
+ORDER BY (TraceId, Start)
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1
+"""
+
+OTEL_TRACES_TRACE_ID_TS_MV_DDL = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS otel_traces_trace_id_ts_mv
+TO otel_traces_trace_id_ts
+AS SELECT
+    TraceId,
+    min(Timestamp) AS Start,
+    max(Timestamp) AS End
+FROM otel_traces
+WHERE TraceId != ''
+GROUP BY TraceId
+"""
+
+SCHEMA = [USAGE_EVENTS_DDL, OTEL_TRACES_DDL, OTEL_TRACES_TRACE_ID_TS_DDL, OTEL_TRACES_TRACE_ID_TS_MV_DDL]
+TABLES = ["usage_events", "otel_traces", "otel_traces_trace_id_ts"]
+
+
+def get_client():
+    """The process's ClickHouse client, opened (and the schema ensured) on first call."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                # One client is shared by request threads, the span exporter and
+                # the shipper; without a session id the HTTP client allows that.
+                client = clickhouse_connect.get_client(
+                    dsn=settings.CLICKHOUSE_DSN, autogenerate_session_id=False
+                )
+                create_schema(client)
+                _client = client
+                logger.info("ClickHouse opened: %s", _redacted_dsn())
+    return _client
+
+
+def create_schema(client=None) -> None:
+    client = client or get_client()
+    for ddl in SCHEMA:
+        client.command(ddl)
+
+
+def truncate_all() -> None:
+    """Empty every table (tests and `reset_demo` only)."""
+    client = get_client()
+    for table in TABLES:
+        client.command(f"TRUNCATE TABLE IF EXISTS {table}")
+
+
+def close_client() -> None:
+    global _client
+    with _client_lock:
+        if _client is not None:
+            try:
+                _client.close()
+            finally:
+                _client = None
+
+
+def _redacted_dsn() -> str:
+    dsn = settings.CLICKHOUSE_DSN
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return dsn

@@ -1,0 +1,60 @@
+"""Span attribute names: OpenTelemetry GenAI semantic conventions where they exist, tollgate.* otherwise."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+
+from .services import UsageDraft
+
+tracer = trace.get_tracer("tollgate")
+
+GEN_AI_PROVIDER = "tollgate"
+
+
+def request_attributes(*, operation: str, model: str, max_tokens: int | None, temperature: float | None,
+                       top_p: float | None, stream: bool) -> dict:
+    attrs = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": GEN_AI_PROVIDER,
+        "gen_ai.request.model": model,
+        "tollgate.stream": stream,
+    }
+    if max_tokens is not None:
+        attrs["gen_ai.request.max_tokens"] = max_tokens
+    if temperature is not None:
+        attrs["gen_ai.request.temperature"] = temperature
+    if top_p is not None:
+        attrs["gen_ai.request.top_p"] = top_p
+    return attrs
+
+
+def tenant_attributes(*, org_slug: str, org_id: int, feature: str, api_key_id: int, user_id: int | None) -> dict:
+    attrs = {"tollgate.org": org_slug, "tollgate.org_id": org_id, "tollgate.feature": feature,
+             "tollgate.api_key_id": api_key_id}
+    if user_id is not None:
+        attrs["tollgate.user_id"] = user_id
+    return attrs
+
+
+def usage_attributes(draft: UsageDraft, *, response_id: str, finish_reason: str | None) -> dict:
+    attrs = {
+        "gen_ai.response.id": response_id,
+        "gen_ai.response.model": draft.model_served,
+        "gen_ai.usage.input_tokens": draft.input_tokens,
+        "gen_ai.usage.output_tokens": draft.output_tokens,
+        "tollgate.usage.cached_input_tokens": draft.cached_input_tokens,
+        "tollgate.cost.input": str(draft.cost_input),
+        "tollgate.cost.output": str(draft.cost_output),
+        "tollgate.cost.gpu": str(draft.cost_gpu),
+        "tollgate.cost.total": str(draft.cost_total),
+        "tollgate.attempt_kind": draft.attempt_kind,
+        "tollgate.status": draft.status,
+        "tollgate.cache_hit": draft.cache_hit,
+        "tollgate.engine_seconds": draft.engine_seconds,
+        "tollgate.request_id": draft.request_id,
+    }
+    if finish_reason:
+        attrs["gen_ai.response.finish_reasons"] = (finish_reason,)
+    if draft.ttft_ms is not None:
+        attrs["tollgate.ttft_ms"] = draft.ttft_ms
+    return attrs

@@ -1,0 +1,120 @@
+"""The engine interface: what the gateway needs from anything that generates tokens.
+
+An engine speaks in chat messages and returns text plus the usage it counted
+itself. The in-process CPU engine implements it directly; a remote vLLM (or
+CPU worker) replica implements it over the OpenAI HTTP API. The gateway never
+knows which one it is talking to.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+class EngineError(Exception):
+    """The engine could not serve the request (down, overloaded, crashed)."""
+
+
+class EngineUnavailable(EngineError):
+    """No replica can take the request right now; safe to retry elsewhere."""
+
+
+class PromptTooLong(Exception):
+    """The prompt does not fit the model's context window."""
+
+    def __init__(self, prompt_tokens: int, limit: int):
+        super().__init__(f"prompt has {prompt_tokens} tokens; the model accepts at most {limit}")
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    model: str
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingParams
+
+
+@dataclass
+class TextDelta:
+    """A piece of generated text and how many tokens produced it."""
+
+    text: str
+    token_count: int
+
+
+@dataclass
+class GenerationResult:
+    """What a finished (or cancelled) generation used. Counted by the engine, never estimated."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop", "length" or "cancelled"
+    cached_prompt_tokens: int = 0
+    # Time from submission to the first generated token, and the request's share
+    # of engine busy time (filled in by engines that measure it).
+    time_to_first_token_s: float | None = None
+    engine_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """One backend that can serve some models."""
+
+    @abc.abstractmethod
+    def model_names(self) -> list[str]:
+        """Names of the models this engine serves."""
+
+    @abc.abstractmethod
+    def count_prompt_tokens(self, model: str, messages: tuple[ChatMessage, ...]) -> int:
+        """Tokens the prompt will use, with the chat template applied."""
+
+    @abc.abstractmethod
+    def context_window(self, model: str) -> int:
+        """Maximum prompt + completion tokens for this model."""
+
+    @abc.abstractmethod
+    def stream(self, request: GenerationRequest) -> "GenerationStream":
+        """Start generating; the returned stream yields deltas, then holds the result."""
+
+    async def aclose(self) -> None:  # pragma: no cover - default is nothing to close
+        return None
+
+
+class GenerationStream(abc.ABC):
+    """Async iterator of TextDelta; `result` is set once iteration ends.
+
+    Closing the stream early (client disconnect) must stop generation on the
+    engine and leave `result` with the tokens produced so far.
+    """
+
+    result: GenerationResult | None = None
+
+    def __aiter__(self) -> AsyncIterator[TextDelta]:
+        return self._iterate()
+
+    @abc.abstractmethod
+    def _iterate(self) -> AsyncIterator[TextDelta]: ...
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop generating now; `result` reports what was produced."""

@@ -1,0 +1,86 @@
+"""One error shape for /v1, as OpenAI sends it: {"error": {"message", "type", "param", "code"}}.
+
+Service code raises these; the views turn them into responses in one place.
+"""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+
+
+class OpenAIError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(OpenAIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class RequestTooLarge(OpenAIError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class InvalidApiKey(OpenAIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(OpenAIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFound(OpenAIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(OpenAIError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class BudgetExceeded(OpenAIError):
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class EngineUnavailable(OpenAIError):
+    status = 503
+    type = "server_error"
+    code = "engine_unavailable"
+
+
+def error_response(error: OpenAIError, request_id: str | None = None) -> JsonResponse:
+    response = JsonResponse(error.body(), status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    if request_id:
+        response["X-Request-Id"] = request_id
+    return response

@@ -1,0 +1,88 @@
+from django.contrib import admin, messages
+from django.utils import timezone
+from django.utils.html import format_html
+
+from . import services
+from .models import ApiKey, Feature, Membership, Organization
+
+
+class FeatureInline(admin.TabularInline):
+    model = Feature
+    extra = 0
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "timezone", "created_at"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [FeatureInline, MembershipInline]
+
+
+@admin.register(Feature)
+class FeatureAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "organization"]
+    list_filter = ["organization"]
+    search_fields = ["slug", "name", "organization__slug"]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "organization", "role"]
+    list_filter = ["role", "organization"]
+    autocomplete_fields = ["user", "organization"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "organization", "key_prefix", "default_feature", "state", "created_at", "last_used_at"]
+    list_filter = ["organization", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix", "organization__slug"]
+    readonly_fields = ["key_prefix", "created_at", "last_used_at"]
+    autocomplete_fields = ["organization", "user"]
+    actions = ["revoke_selected"]
+
+    def get_fields(self, request, obj=None):
+        fields = ["organization", "name", "default_feature", "user", "expires_at"]
+        if obj is not None:
+            fields += ["revoked_at", "key_prefix", "created_at", "last_used_at"]
+        return fields
+
+    @admin.display(description="key")
+    def key_prefix(self, obj):
+        return f"{services.KEY_PREFIX}{obj.prefix}-…" if obj.prefix else "—"
+
+    @admin.display(description="state")
+    def state(self, obj):
+        if obj.revoked_at:
+            return format_html('<span style="color:#b00">revoked</span>')
+        if obj.expires_at and obj.expires_at <= timezone.now():
+            return format_html('<span style="color:#b60">expired</span>')
+        return format_html('<span style="color:#080">active</span>')
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        prefix, plaintext = services.generate_key_material()
+        obj.prefix = prefix
+        obj.secret_hash = services.hash_secret(plaintext)
+        super().save_model(request, obj, form, change)
+        self.message_user(
+            request,
+            format_html(
+                "Copy this API key now; it will not be shown again: <code style='user-select:all'>{}</code>",
+                plaintext,
+            ),
+            level=messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected API keys")
+    def revoke_selected(self, request, queryset):
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} key(s).")

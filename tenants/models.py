@@ -1,0 +1,100 @@
+"""Who is calling: organizations, their people, their features and their API keys."""
+
+from __future__ import annotations
+
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone as dj_timezone
+
+
+def validate_timezone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"{value!r} is not a known time zone") from exc
+
+
+class Organization(models.Model):
+    slug = models.SlugField(unique=True, help_text="Short name used in URLs and reports.")
+    name = models.CharField(max_length=200)
+    # Used only for budget period boundaries and display; everything is stored in UTC.
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        MANAGER = "manager", "Manager"
+        MEMBER = "member", "Member"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "organization"], name="one_membership_per_org")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organization} ({self.role})"
+
+
+class Feature(models.Model):
+    """An attribution tag inside an org (e.g. "support-bot"); selected with X-Feature."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="features")
+    slug = models.SlugField()
+    name = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["organization", "slug"]
+        constraints = [models.UniqueConstraint(fields=["organization", "slug"], name="feature_slug_unique_in_org")]
+
+    def __str__(self) -> str:
+        return f"{self.organization.slug}/{self.slug}"
+
+
+class ApiKey(models.Model):
+    """A tenant's key. Only a hash of the secret is stored; the full key is shown once."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200)
+    # Public, unique part of the key, used to find the row without scanning hashes.
+    prefix = models.CharField(max_length=32, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    default_feature = models.ForeignKey(
+        Feature, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Feature billed when a request sends no X-Feature header.",
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="api_keys",
+        help_text="Person the key's usage is attributed to, if any.",
+    )
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["organization", "name"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def clean(self) -> None:
+        if self.default_feature_id and self.default_feature.organization_id != self.organization_id:
+            raise ValidationError({"default_feature": "The default feature must belong to the key's organization."})
+
+    @property
+    def is_active(self) -> bool:
+        now = dj_timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -1,0 +1,198 @@
+"""Key issuing and authentication. Plain functions; views and commands call these."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.core.cache import cache
+from django.db.models import Q
+from django.utils import timezone
+
+from .models import ApiKey, Feature, Membership, Organization
+
+KEY_PREFIX = "tg-"
+_ALPHABET = string.ascii_letters + string.digits
+_PREFIX_LEN = 12
+_SECRET_LEN = 40
+# last_used_at is a hint for admins, not an audit log: write it at most this often per key.
+LAST_USED_WRITE_INTERVAL_S = 60
+
+
+class AuthenticationFailed(Exception):
+    """The request carries no usable API key. `reason` is safe to show the caller."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnknownFeature(Exception):
+    def __init__(self, slug: str):
+        super().__init__(f"Unknown feature {slug!r} for this organization.")
+        self.slug = slug
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    """Who a /v1 request is billed to. Plain data, so it can cross threads and apps."""
+
+    org_id: int
+    org_slug: str
+    org_timezone: str
+    api_key_id: int
+    api_key_prefix: str
+    user_id: int | None
+    feature_id: int | None
+    feature_slug: str
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    plaintext: str  # shown once, never stored
+
+
+def hash_secret(plaintext_key: str) -> str:
+    # Keys are 40 random base62 characters (~238 bits), so a fast hash is as
+    # strong as a slow one here and keeps authentication off the CPU budget.
+    return hashlib.sha256(plaintext_key.encode()).hexdigest()
+
+
+def generate_key_material() -> tuple[str, str]:
+    """Return (prefix, plaintext key)."""
+    prefix = "".join(secrets.choice(_ALPHABET) for _ in range(_PREFIX_LEN))
+    secret = "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LEN))
+    return prefix, f"{KEY_PREFIX}{prefix}-{secret}"
+
+
+def issue_api_key(
+    organization: Organization,
+    name: str,
+    *,
+    default_feature: Feature | None = None,
+    user=None,
+    expires_at=None,
+    plaintext: str | None = None,
+) -> IssuedKey:
+    """Create a key and return its plaintext once. `plaintext` is for fixed demo keys only."""
+    if plaintext is None:
+        prefix, plaintext = generate_key_material()
+    else:
+        prefix = parse_prefix(plaintext)
+        if prefix is None:
+            raise ValueError("plaintext key is not in Tollgate's key format")
+    key = ApiKey.objects.create(
+        organization=organization,
+        name=name,
+        prefix=prefix,
+        secret_hash=hash_secret(plaintext),
+        default_feature=default_feature,
+        user=user,
+        expires_at=expires_at,
+    )
+    return IssuedKey(api_key=key, plaintext=plaintext)
+
+
+def parse_prefix(plaintext_key: str) -> str | None:
+    if not plaintext_key.startswith(KEY_PREFIX):
+        return None
+    prefix, sep, secret = plaintext_key[len(KEY_PREFIX):].partition("-")
+    if not sep or len(prefix) != _PREFIX_LEN or not secret:
+        return None
+    return prefix
+
+
+def redact_key(plaintext_key: str) -> str:
+    if len(plaintext_key) <= 10:
+        return "****"
+    return f"{plaintext_key[:7]}…{plaintext_key[-4:]}"
+
+
+def authenticate_api_key(authorization_header: str | None, feature_slug: str | None = None) -> TenantContext:
+    """Resolve `Authorization: Bearer <key>` (and an optional X-Feature) to a tenant.
+
+    Raises AuthenticationFailed or UnknownFeature.
+    """
+    if not authorization_header:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'."
+        )
+    scheme, _, plaintext = authorization_header.partition(" ")
+    plaintext = plaintext.strip()
+    if scheme.lower() != "bearer" or not plaintext:
+        raise AuthenticationFailed("The Authorization header must be 'Bearer YOUR_KEY'.")
+    prefix = parse_prefix(plaintext)
+    key = None
+    if prefix is not None:
+        key = (
+            ApiKey.objects.select_related("organization", "default_feature")
+            .filter(prefix=prefix)
+            .first()
+        )
+    if key is None or not hmac.compare_digest(key.secret_hash, hash_secret(plaintext)):
+        raise AuthenticationFailed(f"Incorrect API key provided: {redact_key(plaintext)}.")
+    now = timezone.now()
+    if key.revoked_at is not None:
+        raise AuthenticationFailed("This API key has been revoked.")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise AuthenticationFailed("This API key has expired.")
+
+    feature = key.default_feature
+    if feature_slug:
+        if feature is None or feature.slug != feature_slug:
+            feature = Feature.objects.filter(organization_id=key.organization_id, slug=feature_slug).first()
+            if feature is None:
+                raise UnknownFeature(feature_slug)
+
+    _touch_last_used(key, now)
+    return TenantContext(
+        org_id=key.organization_id,
+        org_slug=key.organization.slug,
+        org_timezone=key.organization.timezone,
+        api_key_id=key.pk,
+        api_key_prefix=key.prefix,
+        user_id=key.user_id,
+        feature_id=feature.pk if feature else None,
+        feature_slug=feature.slug if feature else "",
+    )
+
+
+aauthenticate_api_key = sync_to_async(authenticate_api_key)
+
+
+def _touch_last_used(key: ApiKey, now) -> None:
+    # cache.add is atomic across processes with Redis: one write per key per interval.
+    if cache.add(f"tenants:key-used:{key.pk}", 1, timeout=LAST_USED_WRITE_INTERVAL_S):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+
+
+def revoke_api_key(key: ApiKey) -> None:
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def organizations_managed_by(user) -> "list[Organization]":
+    """Orgs whose dashboards `user` may see: staff see all, managers their own."""
+    if not user.is_authenticated:
+        return []
+    if user.is_staff:
+        return list(Organization.objects.all())
+    return list(
+        Organization.objects.filter(
+            Q(memberships__user=user) & Q(memberships__role=Membership.Role.MANAGER)
+        ).distinct()
+    )
+
+
+def can_view_organization(user, organization: Organization) -> bool:
+    if not user.is_authenticated:
+        return False
+    if user.is_staff:
+        return True
+    return Membership.objects.filter(
+        user=user, organization=organization, role=Membership.Role.MANAGER
+    ).exists()

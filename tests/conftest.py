@@ -1,0 +1,142 @@
+"""Shared fixtures: a live gateway over real HTTP, tenants, the catalog, and ClickHouse.
+
+Tests use real PostgreSQL and Redis (from `make test`'s environment) and a
+real embedded ClickHouse (chDB) in a fresh temporary folder per session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+# Before Django reads settings: a private chDB folder, and the outbox is shipped
+# by the tests themselves (the same function the beat task and the thread call).
+os.environ.setdefault("CLICKHOUSE_DSN", f"chdb:///{tempfile.mkdtemp(prefix='tollgate-test-ch-')}")
+os.environ.setdefault("TOLLGATE_INPROCESS_SHIPPER", "false")
+os.environ.setdefault("TOLLGATE_VAR_DIR", tempfile.mkdtemp(prefix="tollgate-test-var-"))
+
+import pytest  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveGateway:
+    def __init__(self, port: int):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+
+@pytest.fixture(scope="session")
+def live_gateway(django_db_setup, django_db_blocker):
+    """Tollgate's real ASGI app on uvicorn, in a thread of this process (so it shares chDB)."""
+    import uvicorn
+
+    from tollgate.asgi import application
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="off",
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="live-gateway", daemon=True)
+    with django_db_blocker.unblock():
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("live gateway did not start")
+            time.sleep(0.02)
+        yield LiveGateway(port)
+        server.should_exit = True
+        thread.join(10)
+        _close_other_connections()
+
+
+def _close_other_connections():
+    # Server threads may still hold connections to the test database; drop them
+    # so the test runner can drop the database afterwards.
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
+@pytest.fixture
+def catalog(db):
+    """The three CPU-engine models with prices effective since last year."""
+    from metering.models import CatalogModel, Price
+
+    since = __import__("django.utils.timezone", fromlist=["now"]).now() - timedelta(days=365)
+    prices = {
+        "tollgate-mini": ("0.10", "0.01", "0.40"),
+        "tollgate-small": ("0.50", "0.05", "1.50"),
+        "tollgate-large": ("3.00", "0.30", "15.00"),
+    }
+    models = {}
+    for tier, (name, (p_in, p_cached, p_out)) in enumerate(prices.items(), start=1):
+        model = CatalogModel.objects.create(name=name, tier=tier, context_window=2048)
+        Price.objects.create(model=model, effective_from=since, input_per_mtok=Decimal(p_in),
+                             cached_input_per_mtok=Decimal(p_cached), output_per_mtok=Decimal(p_out))
+        models[name] = model
+    return models
+
+
+class Tenant:
+    def __init__(self, org, features, key, plaintext, manager):
+        self.org = org
+        self.features = features
+        self.key = key
+        self.plaintext = plaintext
+        self.manager = manager
+
+
+@pytest.fixture
+def make_tenant(db, django_user_model):
+    from tenants.models import Feature, Membership, Organization
+    from tenants.services import issue_api_key
+
+    def make(slug: str, features=("chat", "search"), tz: str = "UTC") -> Tenant:
+        org = Organization.objects.create(slug=slug, name=slug.title(), timezone=tz)
+        created = {f: Feature.objects.create(organization=org, slug=f) for f in features}
+        issued = issue_api_key(org, f"{slug} key", default_feature=created[features[0]])
+        manager = django_user_model.objects.create_user(f"{slug}-manager", password="pw-for-tests")
+        Membership.objects.create(user=manager, organization=org, role=Membership.Role.MANAGER)
+        return Tenant(org, created, issued.api_key, issued.plaintext, manager)
+
+    return make
+
+
+@pytest.fixture
+def tenant(make_tenant, catalog):
+    return make_tenant("acme")
+
+
+@pytest.fixture
+def openai_client(live_gateway, tenant):
+    import openai
+
+    return openai.OpenAI(base_url=live_gateway.v1, api_key=tenant.plaintext, max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def clickhouse():
+    """The session's chDB, emptied for this test."""
+    from metering import clickhouse as ch
+
+    ch.truncate_all()
+    return ch.get_client()

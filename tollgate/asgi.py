@@ -1,0 +1,31 @@
+"""ASGI entry point: the web process that serves /v1, dashboards and admin.
+
+Only this process opens ClickHouse (lazily) and, on embedded defaults, runs
+the usage shipper thread; management commands never do.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tollgate.settings")
+
+django_application = get_asgi_application()
+
+from django.conf import settings  # noqa: E402  (needs Django set up first)
+
+from tollgate.telemetry import configure_tracing  # noqa: E402
+
+configure_tracing()
+
+if settings.TOLLGATE_INPROCESS_SHIPPER:
+    from metering.shipping import start_inprocess_shipper
+
+    start_inprocess_shipper()
+
+if settings.TOLLGATE_SERVE_STATIC:
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    application = ASGIStaticFilesHandler(django_application)
+else:
+    application = django_application

@@ -1,0 +1,179 @@
+"""Tollgate settings: every knob is an environment variable with an embedded default.
+
+The defaults run everything in one process with no services (SQLite, embedded
+ClickHouse through chDB, local-memory cache, Celery tasks in-process, the CPU
+engine in-process). Production sets DATABASE_URL, REDIS_URL, CLICKHOUSE_DSN and
+CELERY_BROKER_URL. Each variable is documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+# Where embedded state lives (SQLite file, chDB folder).
+VAR_DIR = Path(env("TOLLGATE_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env("SECRET_KEY", "insecure-dev-key-change-me-in-production-0123456789")
+ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "tenants",
+    "metering",
+    "budgets",
+    "serving",
+    "dashboards",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tollgate.urls"
+ASGI_APPLICATION = "tollgate.asgi.application"
+WSGI_APPLICATION = "tollgate.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'tollgate.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The gateway writes from several threads; wait for the lock rather than fail.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tollgate"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboards:index"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env("STATIC_ROOT", str(VAR_DIR / "static")))
+# plotly.js is served from the installed plotly package, never from a CDN.
+STATICFILES_DIRS = [("plotly", str(Path(__import__("plotly").__file__).parent / "package_data"))]
+# Serve /static/ from the ASGI app itself (embedded default). Behind a web
+# server or CDN set it to false and run collectstatic.
+TOLLGATE_SERVE_STATIC = env_bool("TOLLGATE_SERVE_STATIC", True)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+SPECTACULAR_SETTINGS = {"TITLE": "Tollgate API", "VERSION": "0.1.0"}
+
+# --- Celery -----------------------------------------------------------------
+# Without a broker, tasks run in-process (eagerly) and the usage shipper runs
+# as a thread inside the web server instead of as a beat task.
+_celery_broker = env("CELERY_BROKER_URL", "")
+CELERY_BROKER_URL = _celery_broker or "memory://"
+CELERY_TASK_ALWAYS_EAGER = not _celery_broker
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_BEAT_SCHEDULE = {
+    "ship-usage": {"task": "metering.tasks.ship_usage", "schedule": float(env("TOLLGATE_SHIP_INTERVAL_S", "2"))},
+}
+
+# --- ClickHouse and telemetry -----------------------------------------------
+CLICKHOUSE_DSN = env("CLICKHOUSE_DSN", f"chdb:///{VAR_DIR / 'clickhouse'}")
+OTEL_SERVICE_NAME = env("OTEL_SERVICE_NAME", "tollgate")
+# Export spans to ClickHouse's otel_traces table (same schema as the Collector's exporter).
+TOLLGATE_SPANS_TO_CLICKHOUSE = env_bool("TOLLGATE_SPANS_TO_CLICKHOUSE", True)
+# Ship the usage outbox from a thread inside the web process (embedded default).
+TOLLGATE_INPROCESS_SHIPPER = env_bool("TOLLGATE_INPROCESS_SHIPPER", not _celery_broker)
+TOLLGATE_SHIP_INTERVAL_S = float(env("TOLLGATE_SHIP_INTERVAL_S", "2"))
+TOLLGATE_SHIP_BATCH_SIZE = env_int("TOLLGATE_SHIP_BATCH_SIZE", 5000)
+
+# --- Gateway ----------------------------------------------------------------
+# Largest request body accepted by /v1 (bytes) and the default output cap
+# when a request sends no max_tokens.
+TOLLGATE_MAX_REQUEST_BYTES = env_int("TOLLGATE_MAX_REQUEST_BYTES", 1_048_576)
+TOLLGATE_DEFAULT_MAX_TOKENS = env_int("TOLLGATE_DEFAULT_MAX_TOKENS", 64)
+TOLLGATE_MAX_TOKENS_LIMIT = env_int("TOLLGATE_MAX_TOKENS_LIMIT", 1024)
+# Which engine serves the catalog: "cpu" runs the CPU engine in this process.
+TOLLGATE_ENGINE = env("TOLLGATE_ENGINE", "cpu")
+TOLLGATE_CPU_MAX_NUM_SEQS = env_int("TOLLGATE_CPU_MAX_NUM_SEQS", 32)
+TOLLGATE_CPU_MAX_NUM_BATCHED_TOKENS = env_int("TOLLGATE_CPU_MAX_NUM_BATCHED_TOKENS", 4096)
+# Cost of a request whose price is unknown is never zero: requests to a model
+# with no price row are refused. Prices are Decimal per 1M tokens.
+TOLLGATE_CURRENCY = "USD"
+MONEY_QUANTUM = Decimal("0.000000001")

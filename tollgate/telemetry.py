@@ -1,0 +1,46 @@
+"""OpenTelemetry setup for the web process: spans to ClickHouse, optionally OTLP too."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from django.conf import settings
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+logger = logging.getLogger(__name__)
+_configured = False
+_lock = threading.Lock()
+
+
+def configure_tracing() -> None:
+    """Install the global tracer provider once. Management commands never call this."""
+    global _configured
+    with _lock:
+        if _configured:
+            return
+        provider = TracerProvider(resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}))
+        if settings.TOLLGATE_SPANS_TO_CLICKHOUSE:
+            from metering.spans import ClickHouseSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(ClickHouseSpanExporter()))
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:
+                logger.warning("OTEL_EXPORTER_OTLP_* is set but opentelemetry-exporter-otlp-proto-http is not installed")
+            else:
+                # The exporter reads the standard OTEL_EXPORTER_OTLP_* variables itself.
+                provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(provider)
+        _configured = True
+
+
+def flush_spans(timeout_millis: int = 10000) -> bool:
+    provider = trace.get_tracer_provider()
+    flush = getattr(provider, "force_flush", None)
+    return flush(timeout_millis) if flush else True
