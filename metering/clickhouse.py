@@ -145,11 +145,12 @@ def get_client():
     if _client is None:
         with _client_lock:
             if _client is None:
-                # One client is shared by request threads, the span exporter and
-                # the shipper; without a session id the HTTP client allows that.
-                client = clickhouse_connect.get_client(
-                    dsn=settings.CLICKHOUSE_DSN, autogenerate_session_id=False
-                )
+                options = {}
+                if not settings.CLICKHOUSE_DSN.startswith("chdb:"):
+                    # One client is shared by request threads, the span exporter
+                    # and the shipper; without a session id the HTTP client allows that.
+                    options["autogenerate_session_id"] = False
+                client = clickhouse_connect.get_client(dsn=settings.CLICKHOUSE_DSN, **options)
                 create_schema(client)
                 _client = client
                 logger.info("ClickHouse opened: %s", _redacted_dsn())

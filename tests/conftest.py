@@ -6,21 +6,13 @@ real embedded ClickHouse (chDB) in a fresh temporary folder per session.
 
 from __future__ import annotations
 
-import os
 import socket
-import tempfile
 import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
 
-# Before Django reads settings: a private chDB folder, and the outbox is shipped
-# by the tests themselves (the same function the beat task and the thread call).
-os.environ.setdefault("CLICKHOUSE_DSN", f"chdb:///{tempfile.mkdtemp(prefix='tollgate-test-ch-')}")
-os.environ.setdefault("TOLLGATE_INPROCESS_SHIPPER", "false")
-os.environ.setdefault("TOLLGATE_VAR_DIR", tempfile.mkdtemp(prefix="tollgate-test-var-"))
-
-import pytest  # noqa: E402
+import pytest
 
 
 def free_port() -> int:

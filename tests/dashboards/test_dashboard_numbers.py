@@ -5,6 +5,8 @@ from decimal import Decimal
 
 import pytest
 
+from dashboards.templatetags.money import usd
+
 from budgets.models import Budget
 from metering.models import UsageRecord
 from metering.shipping import ship_pending_usage
@@ -13,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def card(html: str, testid: str) -> str:
-    match = re.search(rf'data-testid="{testid}">([^<]*)<', html)
+    match = re.search(rf'data-testid="{testid}"[^>]*>([^<]*)<', html)
     assert match, f"no {testid} on the page"
     return match.group(1).strip()
 
@@ -34,7 +36,8 @@ def test_served_requests_show_in_the_dashboard_numbers(client, openai_client, te
     assert card(html, "total-requests") == "3"
     assert card(html, "input-tokens") == str(sum(r.input_tokens for r in records))
     assert card(html, "output-tokens") == str(sum(r.output_tokens for r in records))
-    assert card(html, "total-spend") == f"${total:.4f}"
+    assert card(html, "total-spend") == usd(total)
+    assert f'data-exact="{total}"' in html  # to the nano-dollar, straight from ClickHouse
     assert "tollgate-mini" in html and "acme" in html
     assert "$25.00" in html  # the budget row
 

@@ -1,0 +1,761 @@
+"""In-process CPU engine with iteration-level (continuous) batching.
+
+One daemon scheduler thread per engine owns every model and its KV cache.
+Each iteration, for each model with work, it
+
+1. drops running sequences whose stream was cancelled or closed,
+2. admits waiting requests (up to ``max_num_seqs`` running and
+   ``max_num_batched_tokens`` padded prompt tokens) and prefills them in one
+   batched forward pass, which also samples their first token,
+3. runs ONE batched decode step for every running sequence of the model,
+   emitting one token per sequence.
+
+A request submitted while others are decoding is therefore prefilled at the
+next iteration and decodes in the same batch from then on.
+
+Tokens reach the caller's event loop through ``loop.call_soon_threadsafe``.
+Every forward pass ("step") is timed; its wall time is split among the
+sequences in it in proportion to the tokens each processed (prompt tokens in
+a prefill step, one token each in a decode step), so the ``engine_seconds`` of
+all requests add up to ``busy_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from serving.engines.base import (
+    ChatMessage,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    GenerationStream,
+    PromptTooLong,
+    TextDelta,
+)
+from serving.engines.cpu.model import MODEL_CONFIGS, LlamaModel, ModelConfig
+from serving.engines.cpu.tokenizer import SEP_ID, ChatTokenizer
+
+logger = logging.getLogger(__name__)
+
+THREADS_ENV = "TOLLGATE_CPU_ENGINE_THREADS"
+DEFAULT_MODELS = ("tollgate-mini", "tollgate-small", "tollgate-large")
+
+_tokenizer: ChatTokenizer | None = None
+_tokenizer_lock = threading.Lock()
+
+
+def get_tokenizer() -> ChatTokenizer:
+    """The process-wide tokenizer (loaded once)."""
+    global _tokenizer
+    if _tokenizer is None:
+        with _tokenizer_lock:
+            if _tokenizer is None:
+                _tokenizer = ChatTokenizer()
+    return _tokenizer
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One forward pass of the scheduler."""
+
+    index: int
+    model: str
+    kind: str  # "prefill" or "decode"
+    request_ids: tuple[str, ...]
+    tokens: tuple[int, ...]  # tokens each request processed in this step
+    seconds: float
+
+
+_DONE = object()
+
+
+class _Sequence:
+    """Scheduler-side state of one request."""
+
+    __slots__ = (
+        "request",
+        "request_id",
+        "stream",
+        "prompt_ids",
+        "prompt_len",
+        "max_tokens",
+        "temperature",
+        "greedy",
+        "top_p",
+        "seed",
+        "rng",
+        "stops",
+        "decoder",
+        "n_out",
+        "last_token",
+        "pending_tokens",
+        "held",
+        "parts",
+        "slot",
+        "finish_reason",
+        "cancel_requested",
+        "submitted_at",
+        "admitted_at",
+        "first_token_at",
+        "engine_seconds",
+    )
+
+    def __init__(self, request: GenerationRequest, prompt_ids: list[int], context_window: int):
+        sp = request.sampling
+        self.request = request
+        self.request_id = request.request_id
+        self.stream: CpuGenerationStream | None = None
+        self.prompt_ids = prompt_ids
+        self.prompt_len = len(prompt_ids)
+        self.max_tokens = min(sp.max_tokens, context_window - self.prompt_len)
+        self.temperature = float(sp.temperature)
+        self.greedy = self.temperature < 1e-5  # (near-)zero temperature: argmax
+        self.top_p = float(sp.top_p)
+        self.seed = sp.seed
+        # One uniform draw per sampled token, from the request's own generator
+        # when it has a seed: same seed, same draws, whatever else is batched.
+        self.rng: random.Random | None = None
+        self.stops = tuple(s for s in sp.stop if s)
+        self.decoder = None
+        self.n_out = 0
+        self.last_token = -1
+        self.pending_tokens = 0  # generated tokens not yet reported in a TextDelta
+        self.held = ""  # decoded text held back because it may start a stop string
+        self.parts: list[str] = []  # text delivered in deltas
+        self.slot = -1
+        self.finish_reason: str | None = None
+        self.cancel_requested = False
+        self.submitted_at = 0.0
+        self.admitted_at: float | None = None
+        self.first_token_at: float | None = None
+        self.engine_seconds = 0.0
+
+
+class _ModelState:
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.name = config.name
+        self.model: LlamaModel | None = None
+        self.build_lock = threading.Lock()
+        self.waiting: deque[_Sequence] = deque()  # appended by callers, popped by the scheduler
+        self.running: list[_Sequence] = []  # running[i].slot == i
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.requests_finished = 0
+        self.cancel_pending = False  # some waiting sequence may have been cancelled
+
+    def has_work(self) -> bool:
+        return bool(self.running) or bool(self.waiting)
+
+
+class CpuEngine(Engine):
+    """Continuous-batching engine for the ``tollgate-*`` models, in this process.
+
+    ``busy_seconds``: total wall time of all forward steps.
+    ``step_log``: the last ``step_log_size`` :class:`StepRecord`.
+    ``stats()``: running / waiting counts per model and token counters.
+    """
+
+    def __init__(
+        self,
+        models: Iterable[str] = DEFAULT_MODELS,
+        max_num_seqs: int = 32,
+        max_num_batched_tokens: int = 4096,
+        step_log_size: int = 4096,
+    ):
+        models = tuple(models)
+        unknown = [m for m in models if m not in MODEL_CONFIGS]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; known: {sorted(MODEL_CONFIGS)}")
+        if max_num_seqs < 1 or max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        threads = os.environ.get(THREADS_ENV)
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.tokenizer = get_tokenizer()
+        self._states: dict[str, _ModelState] = {m: _ModelState(MODEL_CONFIGS[m]) for m in models}
+        self.step_log: deque[StepRecord] = deque(maxlen=step_log_size)
+        self._busy_seconds = 0.0
+        self._steps = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        self._pending_wakes: list[CpuGenerationStream] = []
+        self._shared_rng = random.Random(os.urandom(16))  # for requests without a seed
+
+    # ------------------------------------------------------------ Engine API
+    def model_names(self) -> list[str]:
+        return list(self._states)
+
+    def context_window(self, model: str) -> int:
+        return self._state(model).config.context_window
+
+    def count_prompt_tokens(self, model: str, messages: tuple[ChatMessage, ...]) -> int:
+        self._state(model)
+        return len(self.tokenizer.encode_chat(messages))
+
+    def stream(self, request: GenerationRequest) -> "CpuGenerationStream":
+        ms = self._state(request.model)
+        sp = request.sampling
+        if sp.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if sp.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0.0 < sp.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1]")
+        prompt_ids = self.tokenizer.encode_chat(request.messages)
+        limit = ms.config.context_window - 1
+        if len(prompt_ids) > limit:
+            raise PromptTooLong(len(prompt_ids), limit)
+        if self._stopping:
+            raise EngineError("the CPU engine is shut down")
+        seq = _Sequence(request, prompt_ids, ms.config.context_window)
+        stream = CpuGenerationStream(self, seq)
+        seq.stream = stream
+        return stream
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.shutdown)
+
+    # ------------------------------------------------------------ extras
+    @property
+    def busy_seconds(self) -> float:
+        return self._busy_seconds
+
+    def load(self, model: str) -> None:
+        """Build ``model`` now (otherwise it is built on its first request)."""
+        self._ensure_model(self._state(model))
+
+    def stats(self) -> dict:
+        models = {}
+        for name, ms in self._states.items():
+            models[name] = {
+                "loaded": ms.model is not None,
+                "running": len(ms.running),
+                "waiting": len(ms.waiting),
+                "prompt_tokens": ms.prompt_tokens,
+                "generation_tokens": ms.generation_tokens,
+                "requests_finished": ms.requests_finished,
+            }
+        return {
+            "models": models,
+            "running": sum(m["running"] for m in models.values()),
+            "waiting": sum(m["waiting"] for m in models.values()),
+            "prompt_tokens_total": sum(m["prompt_tokens"] for m in models.values()),
+            "generation_tokens_total": sum(m["generation_tokens"] for m in models.values()),
+            "steps_total": self._steps,
+            "busy_seconds": self._busy_seconds,
+        }
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the scheduler thread; unfinished requests fail with EngineError."""
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if thread is None:
+            self._fail_all(EngineError("the CPU engine is shut down"))
+
+    # ------------------------------------------------------------ internals
+    def _state(self, model: str) -> _ModelState:
+        try:
+            return self._states[model]
+        except KeyError:
+            raise EngineError(f"model {model!r} is not served by this engine") from None
+
+    def _ensure_model(self, ms: _ModelState) -> LlamaModel:
+        if ms.model is None:
+            with ms.build_lock:
+                if ms.model is None:
+                    t0 = time.perf_counter()
+                    with torch.inference_mode():
+                        model = LlamaModel(ms.config, self.tokenizer.allowed_ids())
+                    model.max_slots = self.max_num_seqs
+                    ms.model = model
+                    logger.info("built %s in %.2fs", ms.name, time.perf_counter() - t0)
+        return ms.model
+
+    def _request_cancel(self, seq: _Sequence) -> None:
+        seq.cancel_requested = True
+        self._states[seq.request.model].cancel_pending = True
+        self._wake.set()
+
+    def _submit(self, seq: _Sequence) -> None:
+        if self._stopping:
+            raise EngineError("the CPU engine is shut down")
+        seq.submitted_at = time.perf_counter()
+        waiting = self._states[seq.request.model].waiting
+        waiting.append(seq)
+        if self._stopping:  # raced with shutdown(): the scheduler may never see it
+            try:
+                waiting.remove(seq)
+            except ValueError:
+                pass
+            raise EngineError("the CPU engine is shut down")
+        if self._thread is None:
+            with self._thread_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="tollgate-cpu-engine", daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        self.tokenizer.warm()
+        try:
+            with torch.inference_mode():
+                while not self._stopping:
+                    self._wake.clear()
+                    worked = False
+                    for ms in self._states.values():
+                        if ms.has_work():
+                            worked = True
+                            try:
+                                self._iterate_model(ms)
+                            except Exception as exc:  # never let one bad step kill the thread
+                                logger.exception("CPU engine step failed for %s", ms.name)
+                                # A model that cannot be built fails its queue too.
+                                self._fail_model(
+                                    ms, EngineError(f"CPU engine step failed: {exc!r}"), waiting_too=ms.model is None
+                                )
+                            self._flush_wakes()
+                    if not worked:
+                        self._wake.wait()
+        finally:
+            self._fail_all(EngineError("the CPU engine is shut down"))
+
+    def _fail_model(self, ms: _ModelState, exc: BaseException, waiting_too: bool = False) -> None:
+        seqs = list(ms.running)
+        ms.running = []
+        if waiting_too:
+            while ms.waiting:
+                seqs.append(ms.waiting.popleft())
+        for seq in seqs:
+            if seq.stream is not None:
+                seq.stream._fail(exc)
+        if ms.model is not None:
+            ms.model.release_cache()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for ms in self._states.values():
+            self._fail_model(ms, exc, waiting_too=True)
+        self._flush_wakes()
+
+    def _iterate_model(self, ms: _ModelState) -> None:
+        model = self._ensure_model(ms)
+        running = ms.running
+        for seq in running:
+            if seq.cancel_requested:
+                seq.finish_reason = "cancelled"
+        if any(seq.finish_reason for seq in running):
+            self._retire(ms, model)
+        if ms.cancel_pending:  # cancelled before admission: answer now, not when admitted
+            ms.cancel_pending = False
+            for seq in [seq for seq in ms.waiting if seq.cancel_requested]:
+                ms.waiting.remove(seq)
+                seq.finish_reason = "cancelled"
+                self._finalize(ms, seq)
+
+        # Admission + prefill.
+        if ms.waiting and len(ms.running) < self.max_num_seqs:
+            batch: list[_Sequence] = []
+            longest = 0
+            room = self.max_num_seqs - len(ms.running)
+            while ms.waiting and len(batch) < room:
+                seq = ms.waiting[0]
+                if seq.cancel_requested:
+                    ms.waiting.popleft()
+                    seq.finish_reason = "cancelled"
+                    self._finalize(ms, seq)
+                    continue
+                new_longest = max(longest, seq.prompt_len)
+                if batch and new_longest * (len(batch) + 1) > self.max_num_batched_tokens:
+                    break
+                ms.waiting.popleft()
+                batch.append(seq)
+                longest = new_longest
+            if batch:
+                self._prefill(ms, model, batch, longest)
+
+        if ms.running:
+            self._decode(ms, model)
+        if not ms.running and not ms.waiting:
+            model.release_cache()
+
+    def _prefill(self, ms: _ModelState, model: LlamaModel, batch: list[_Sequence], longest: int) -> None:
+        t0 = time.perf_counter()
+        B = len(batch)
+        start = len(ms.running)
+        rows = []
+        for i, seq in enumerate(batch):
+            rows.append(seq.prompt_ids + [0] * (longest - seq.prompt_len))
+            seq.slot = start + i
+            seq.admitted_at = t0
+            seq.decoder = self.tokenizer.decoder()
+            if not seq.greedy and seq.seed is not None:
+                seq.rng = random.Random(seq.seed)
+        tokens = torch.tensor(rows, dtype=torch.long)
+        lengths = torch.tensor([seq.prompt_len for seq in batch], dtype=torch.long)
+        ms.running = ms.running + batch
+        logits = model.prefill(tokens, lengths, start)
+        ids = self._sample(model, logits, batch)
+        now = time.perf_counter()
+        for seq, tid in zip(batch, ids):
+            self._on_token(seq, tid, now)
+        self._flush_wakes()
+        n_prompt = sum(seq.prompt_len for seq in batch)
+        ms.prompt_tokens += n_prompt
+        ms.generation_tokens += B
+        dt = time.perf_counter() - t0
+        for seq in batch:
+            seq.engine_seconds += dt * seq.prompt_len / n_prompt
+        self._record(ms, "prefill", batch, tuple(seq.prompt_len for seq in batch), dt)
+        self._retire(ms, model)
+
+    def _decode(self, ms: _ModelState, model: LlamaModel) -> None:
+        t0 = time.perf_counter()
+        running = ms.running
+        B = len(running)
+        positions = [seq.prompt_len + seq.n_out - 1 for seq in running]
+        tokens = torch.tensor([seq.last_token for seq in running], dtype=torch.long)
+        pos = torch.tensor(positions, dtype=torch.long)
+        logits = model.decode(tokens, pos, max(positions) + 1)
+        ids = self._sample(model, logits, running)
+        now = time.perf_counter()
+        for seq, tid in zip(running, ids):
+            self._on_token(seq, tid, now)
+        self._flush_wakes()
+        ms.generation_tokens += B
+        dt = time.perf_counter() - t0
+        share = dt / B
+        for seq in running:
+            seq.engine_seconds += share
+        self._record(ms, "decode", running, (1,) * B, dt)
+        self._retire(ms, model)
+
+    def _record(self, ms: _ModelState, kind: str, seqs: list[_Sequence], tokens: tuple[int, ...], dt: float):
+        self._busy_seconds += dt
+        self.step_log.append(StepRecord(self._steps, ms.name, kind, tuple(s.request_id for s in seqs), tokens, dt))
+        self._steps += 1
+
+    def _retire(self, ms: _ModelState, model: LlamaModel) -> None:
+        """Finalize finished sequences and keep the running ones in slots 0..n-1."""
+        running = ms.running
+        if not any(seq.finish_reason for seq in running):
+            return
+        survivors = [seq for seq in running if not seq.finish_reason]
+        n = len(survivors)
+        free = [seq.slot for seq in running[:n] if seq.finish_reason]
+        movers = [seq for seq in survivors if seq.slot >= n]
+        for seq, dst in zip(movers, free):
+            model.move_slot(seq.slot, dst, seq.prompt_len + seq.n_out)
+            seq.slot = dst
+        survivors.sort(key=lambda s: s.slot)
+        ms.running = survivors
+        for seq in running:
+            if seq.finish_reason:
+                self._finalize(ms, seq)
+
+    # -------------------------------------------------------------- sampling
+    def _sample(self, model: LlamaModel, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
+        """Next token id for each row of ``logits`` (columns are ``model.allowed_ids``).
+
+        Greedy rows take the argmax. Sampled rows draw one uniform number each
+        (from the request's own seeded generator when it has a seed) and invert the
+        CDF of softmax(logits / temperature), optionally cut to the top-p
+        nucleus. The CDF is inverted in two levels (block sums, then within
+        the chosen block) so no full-vocabulary cumsum is needed.
+        """
+        arr = logits.numpy()
+        B, V = arr.shape
+        sampled = [i for i, seq in enumerate(seqs) if not seq.greedy]
+        if not sampled:
+            idx = np.argmax(arr, axis=1)
+        else:
+            if len(sampled) == B:
+                idx = np.empty(B, dtype=np.int64)
+                sub = logits
+            else:
+                idx = np.argmax(arr, axis=1)  # greedy rows keep these
+                sub = logits.index_select(0, torch.tensor(sampled, dtype=torch.long))
+            temps = [seqs[i].temperature for i in sampled]
+            if any(t != 1.0 for t in temps):
+                sub = sub / torch.tensor(temps, dtype=torch.float32).view(-1, 1)
+            weights = (sub - sub.amax(dim=-1, keepdim=True)).exp_()  # unnormalised probabilities
+            wn = weights.numpy()
+            for j, i in enumerate(sampled):
+                top_p = seqs[i].top_p
+                if top_p < 1.0:
+                    row = wn[j]
+                    srt = np.sort(row)[::-1]
+                    csum = np.cumsum(srt, dtype=np.float64)
+                    k = min(int(np.searchsorted(csum, top_p * csum[-1])), V - 1)
+                    row[row < srt[k]] = 0.0
+            shared = self._shared_rng.random
+            u = torch.tensor(
+                [(seqs[i].rng.random() if seqs[i].rng is not None else shared()) for i in sampled],
+                dtype=torch.float32,
+            ).view(-1, 1)
+            choice = _invert_cdf(weights, u, model.sample_block)
+            for j, i in enumerate(sampled):
+                c = int(choice[j])
+                if not wn[j, c] > 0.0:  # float rounding at a block edge: take the last possible token
+                    c = int(np.flatnonzero(wn[j])[-1])
+                idx[i] = c
+        allowed = model.allowed_ids_list
+        return [allowed[i] for i in idx.tolist()]
+
+    # ------------------------------------------------------------- emission
+    def _on_token(self, seq: _Sequence, tid: int, now: float) -> None:
+        seq.n_out += 1
+        seq.pending_tokens += 1
+        seq.last_token = tid
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+        if tid == SEP_ID:
+            seq.finish_reason = "stop"
+            self._flush(seq)
+            return
+        piece = seq.decoder.push(tid)
+        if seq.stops:
+            held = seq.held + piece
+            cut = -1
+            for s in seq.stops:
+                j = held.find(s)
+                if j != -1 and (cut == -1 or j < cut):
+                    cut = j
+            if cut != -1:
+                seq.held = held[:cut]
+                seq.finish_reason = "stop"
+                self._flush(seq)
+                return
+            keep = 0
+            for s in seq.stops:
+                for k in range(min(len(held), len(s) - 1), keep, -1):
+                    if held.endswith(s[:k]):
+                        keep = k
+                        break
+            if keep:
+                seq.held = held[-keep:]
+                piece = held[:-keep]
+            else:
+                seq.held = ""
+                piece = held
+        if seq.n_out >= seq.max_tokens:
+            seq.finish_reason = "length"
+            if seq.held:
+                piece += seq.held
+                seq.held = ""
+        if piece or seq.finish_reason:
+            self._emit(seq, piece)
+
+    def _flush(self, seq: _Sequence) -> None:
+        text, seq.held = seq.held, ""
+        self._emit(seq, text)
+
+    def _emit(self, seq: _Sequence, text: str) -> None:
+        if not text and not seq.pending_tokens:
+            return
+        seq.parts.append(text)
+        delta = TextDelta(text, seq.pending_tokens)
+        seq.pending_tokens = 0
+        seq.stream._deliver(delta)
+
+    def _flush_wakes(self) -> None:
+        """One call_soon_threadsafe per event loop for all streams that got items."""
+        pending = self._pending_wakes
+        if not pending:
+            return
+        self._pending_wakes = []
+        if len(pending) == 1 or all(st._loop is pending[0]._loop for st in pending):
+            groups = {pending[0]._loop: pending}
+        else:
+            groups = {}
+            for st in pending:
+                groups.setdefault(st._loop, []).append(st)
+        for loop, streams in groups.items():
+            try:
+                loop.call_soon_threadsafe(_wake_streams, streams)
+            except RuntimeError:  # the consumer's loop is closed: nobody is listening
+                for st in streams:
+                    st._seq.cancel_requested = True
+
+    def _finalize(self, ms: _ModelState, seq: _Sequence) -> None:
+        ms.requests_finished += 1
+        extra = {"model": ms.name}
+        if seq.admitted_at is not None:
+            extra["queue_seconds"] = seq.admitted_at - seq.submitted_at
+        result = GenerationResult(
+            text="".join(seq.parts),
+            prompt_tokens=seq.prompt_len,
+            completion_tokens=seq.n_out,
+            finish_reason=seq.finish_reason or "cancelled",
+            time_to_first_token_s=(
+                seq.first_token_at - seq.submitted_at if seq.first_token_at is not None else None
+            ),
+            engine_seconds=seq.engine_seconds,
+            extra=extra,
+        )
+        seq.stream._finish(result)
+
+
+def _wake_streams(streams: list["CpuGenerationStream"]) -> None:
+    for st in streams:
+        st._on_wake()
+
+
+def _invert_cdf(weights: torch.Tensor, u: torch.Tensor, block: int) -> np.ndarray:
+    """Index drawn from each row of non-negative ``weights`` (k, V) at quantile ``u`` (k, 1) in [0, 1)."""
+    k, V = weights.shape
+    if V % block:
+        weights = torch.nn.functional.pad(weights, (0, block - V % block))
+    nb = weights.shape[1] // block
+    blocks = weights.view(k, nb, block)
+    bcdf = blocks.sum(dim=-1).cumsum(dim=-1)  # (k, nb)
+    target = u * bcdf[:, -1:]
+    bi = torch.searchsorted(bcdf, target, right=True).clamp_(max=nb - 1)  # (k, 1)
+    before = torch.where(bi > 0, bcdf.gather(1, (bi - 1).clamp_(min=0)), torch.zeros_like(target))
+    inner = blocks[torch.arange(k), bi.view(-1)].cumsum(dim=-1)  # (k, block)
+    j = torch.searchsorted(inner, target - before, right=True).clamp_(max=block - 1)
+    return (bi * block + j).view(-1).clamp_(max=V - 1).numpy()
+
+
+class CpuGenerationStream(GenerationStream):
+    """Async iterator of TextDelta fed by the engine's scheduler thread.
+
+    The request is queued on the engine when iteration starts. ``result`` is
+    set when iteration ends (or ``cancel()`` returns). Closing the iterator
+    early or cancelling the task that consumes it cancels the generation.
+    """
+
+    def __init__(self, engine: CpuEngine, seq: _Sequence):
+        self._engine = engine
+        self._seq = seq
+        self.result: GenerationResult | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._items: deque = deque()
+        self._waiter: asyncio.Future | None = None
+        self._done: asyncio.Future | None = None
+        self._wake_pending = False
+        self._final: GenerationResult | None = None
+        self._error: BaseException | None = None
+        self._started = False
+        self._cancelled = False
+
+    @property
+    def request_id(self) -> str:
+        return self._seq.request_id
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._seq.prompt_len
+
+    # ------------------------------------------------- scheduler-thread side
+    def _deliver(self, item) -> None:
+        """Queue ``item``; the engine wakes the consumer's loop at the end of the step."""
+        self._items.append(item)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._engine._pending_wakes.append(self)
+
+    def _finish(self, result: GenerationResult) -> None:
+        self._final = result
+        self._deliver(_DONE)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc
+        if self._loop is not None:
+            self._deliver(exc)
+
+    # ---------------------------------------------------- event-loop side
+    def _on_wake(self) -> None:
+        self._wake_pending = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if (self._final is not None or self._error is not None) and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _publish(self) -> None:
+        if self.result is None and self._final is not None:
+            self.result = self._final
+
+    async def _iterate(self) -> AsyncIterator[TextDelta]:
+        if self._started:
+            raise RuntimeError("a generation stream can be iterated only once")
+        self._started = True
+        if self._cancelled:
+            return
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._done = loop.create_future()
+        self._engine._submit(self._seq)
+        ended = False
+        try:
+            while True:
+                items = self._items
+                while items:
+                    if self._cancelled:
+                        return
+                    item = items.popleft()
+                    if item is _DONE:
+                        ended = True
+                        self._publish()
+                        return
+                    if isinstance(item, BaseException):
+                        ended = True
+                        raise item
+                    yield item
+                if self._cancelled:
+                    return
+                self._waiter = loop.create_future()
+                await self._waiter
+                self._waiter = None
+        finally:
+            if not ended:
+                await self._stop_engine_side()
+
+    async def _stop_engine_side(self) -> None:
+        """Ask the scheduler to drop the sequence and wait until it has (result set)."""
+        self._cancelled = True
+        self._engine._request_cancel(self._seq)
+        done = self._done
+        if done is not None and not done.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(done), timeout=30)
+            except (TimeoutError, RuntimeError):  # scheduler stuck or loop closing: result stays unset
+                pass
+            finally:
+                self._publish()
+        self._publish()
+
+    async def cancel(self) -> None:
+        if self.result is not None:
+            return
+        if not self._started:
+            self._cancelled = True
+            self.result = GenerationResult(
+                text="",
+                prompt_tokens=self._seq.prompt_len,
+                completion_tokens=0,
+                finish_reason="cancelled",
+                extra={"model": self._seq.request.model},
+            )
+            return
+        await self._stop_engine_side()
