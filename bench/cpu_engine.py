@@ -98,7 +98,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tollgate-small")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--levels", default="1,8,32,64")
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--min-requests", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per engine and level")

@@ -2,30 +2,170 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html
 
-from . import services
-from .models import Budget
+from . import alerts, services
+from .models import Alert, AlertDelivery, Budget
+
+
+class BudgetStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("active", "enforced"), ("paused", "paused"), ("over", "used up this period")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "active":
+            return queryset.filter(is_active=True)
+        if self.value() == "paused":
+            return queryset.filter(is_active=False)
+        if self.value() == "over":
+            now = timezone.now()
+            over = [b.pk for b in queryset.select_related("organization", "feature", "api_key", "user")
+                    if (s := services.budget_status(b, now)) is not None and s.exhausted]
+            return queryset.filter(pk__in=over)
+        return queryset
+
+
+def _money(amount) -> str:
+    from dashboards.templatetags.money import usd
+
+    return usd(amount)
+
+
+class BudgetStatusColumns:
+    """Spend, share used and forecast of the current period, computed once per row."""
+
+    def _status(self, obj):
+        cache = getattr(self, "_status_cache", None)
+        if cache is None:
+            cache = self._status_cache = {}
+        if obj.pk not in cache:
+            cache[obj.pk] = services.budget_status(obj, timezone.now())
+        return cache[obj.pk]
+
+    @admin.display(description="spent this period")
+    def spent_this_period(self, obj):
+        status = self._status(obj)
+        return "—" if status is None else _money(status.spent)
+
+    @admin.display(description="used")
+    def used(self, obj):
+        status = self._status(obj)
+        if status is None:
+            return "not in force"
+        pct = status.fraction_used * 100
+        colour = "#b00" if pct >= 100 else "#b60" if pct >= 80 else "#080"
+        return format_html('<span style="color:{}">{}%</span>', colour, f"{pct:.0f}")
+
+    @admin.display(description="forecast")
+    def forecast(self, obj):
+        status = self._status(obj)
+        if status is None or status.forecast is None:
+            return "—"
+        colour = "#b00" if status.forecast > status.amount else "inherit"
+        return format_html('<span style="color:{}">{}</span>', colour, _money(status.forecast))
+
+    @admin.display(description="state")
+    def state(self, obj):
+        status = self._status(obj)
+        return "not in force" if status is None else status.state
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
-    list_display = ["scope", "period", "amount", "spent_this_period", "used", "is_active"]
-    list_filter = ["organization", "is_active", "period"]
-    autocomplete_fields = ["organization"]
-    list_select_related = ["organization", "feature"]
+class BudgetAdmin(BudgetStatusColumns, admin.ModelAdmin):
+    list_display = ["scope", "period", "budget_amount", "action", "spent_this_period", "used", "forecast", "state",
+                    "is_active"]
+    list_filter = ["organization", BudgetStateFilter, "period", "action"]
+    autocomplete_fields = ["organization", "api_key", "user"]
+    list_select_related = ["organization", "feature", "api_key", "user"]
+    readonly_fields = ["reset_at", "created_at"]
+    actions = ["reset_selected", "pause_selected", "resume_selected"]
+    fieldsets = [
+        (None, {"fields": ["organization", "amount", "period", "starts_at", "ends_at", "is_active"]}),
+        ("Scope (at most one; none covers the whole organization)", {"fields": ["feature", "api_key", "user"]}),
+        ("When it is used up", {"fields": ["action", "downgrade_at_percent", "downgrade_max_tokens", "thresholds"]}),
+        ("History", {"fields": ["reset_at", "created_at"]}),
+    ]
+
+    def changelist_view(self, request, extra_context=None):
+        self._status_cache = {}
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description="scope")
     def scope(self, obj):
         return obj.scope_label
 
-    def _status(self, obj):
-        return services.budget_status(obj, timezone.now())
+    @admin.display(description="amount", ordering="amount")
+    def budget_amount(self, obj):
+        return _money(obj.amount)
 
-    @admin.display(description="spent this period")
-    def spent_this_period(self, obj):
-        return f"${self._status(obj).spent:.2f}"
+    @admin.action(description="Reset selected budgets (this period counts from now)")
+    def reset_selected(self, request, queryset):
+        count = services.reset_budgets(queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Reset {count} budget(s).")
 
-    @admin.display(description="used")
-    def used(self, obj):
-        pct = self._status(obj).fraction_used * 100
-        colour = "#b00" if pct >= 100 else "#b60" if pct >= 80 else "#080"
-        return format_html('<span style="color:{}">{}%</span>', colour, f"{pct:.0f}")
+    @admin.action(description="Pause selected budgets")
+    def pause_selected(self, request, queryset):
+        count = services.pause_budgets(queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Paused {count} budget(s).")
+
+    @admin.action(description="Resume selected budgets")
+    def resume_selected(self, request, queryset):
+        count = services.resume_budgets(queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Resumed {count} budget(s).")
+
+
+class BudgetInline(BudgetStatusColumns, admin.TabularInline):
+    """Budgets on the organization page (tenants.admin adds it to OrganizationAdmin)."""
+
+    model = Budget
+    extra = 0
+    fields = ["feature", "api_key", "user", "period", "amount", "action", "thresholds", "is_active",
+              "spent_this_period", "used", "forecast"]
+    readonly_fields = ["spent_this_period", "used", "forecast"]
+    show_change_link = True
+    raw_id_fields = ["api_key", "user"]
+
+
+class AlertDeliveryInline(admin.TabularInline):
+    model = AlertDelivery
+    extra = 0
+    can_delete = False
+    readonly_fields = ["channel", "status", "attempts", "last_error", "delivered_at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "budget_scope", "headline", "spent", "delivery", "acknowledged"]
+    list_filter = ["kind", ("acknowledged_at", admin.EmptyFieldListFilter), "budget__organization"]
+    list_select_related = ["budget__organization", "budget__feature", "budget__api_key", "budget__user"]
+    readonly_fields = ["budget", "kind", "threshold_percent", "window_start", "window_end", "amount", "spent",
+                       "forecast", "created_at", "acknowledged_at", "acknowledged_by"]
+    inlines = [AlertDeliveryInline]
+    actions = ["acknowledge_selected"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="budget")
+    def budget_scope(self, obj):
+        return obj.budget.scope_label
+
+    @admin.display(description="delivery")
+    def delivery(self, obj):
+        return ", ".join(f"{d.channel} {d.status}" for d in obj.deliveries.all())
+
+    @admin.display(description="acknowledged", boolean=True)
+    def acknowledged(self, obj):
+        return obj.acknowledged_at is not None
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("deliveries")
+
+    @admin.action(description="Acknowledge selected alerts")
+    def acknowledge_selected(self, request, queryset):
+        count = alerts.acknowledge_alerts(queryset.values_list("pk", flat=True), request.user)
+        self.message_user(request, f"Acknowledged {count} alert(s).")

@@ -1,26 +1,69 @@
-"""Budget checks. The gateway asks `check_budgets` before it spends anything."""
+"""Budget enforcement: reserve the worst case before spending, settle the real cost after.
+
+Counters live in the database (`BudgetCounter`, one row per budget and period
+window). A request locks the rows of every budget that covers it, in one
+order (budget id, window start) so two requests never wait on each other in
+a cycle, decides (serve, downgrade or refuse), and adds its worst-case cost
+to `reserved`. Settlement locks the same rows again, moves the reservation to
+`spent` at the real cost, and commits together with the ledger row, so the
+counters and the ledger cannot disagree. Why row locks and not Redis:
+docs/architecture.md, "Budgets".
+"""
 
 from __future__ import annotations
 
-import zoneinfo
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
-from django.db.models import Q
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
 
-from metering.queries import ledger_spend
+from metering import pricing
 
-from .models import Budget
+from . import alerts, ledger
+from .models import Alert, Budget, BudgetCounter, BudgetReservation
+from .periods import budget_window, month_bounds  # noqa: F401  (month_bounds is part of this module's API)
+
+HUNDRED = Decimal(100)
+
+
+def format_usd(amount: Decimal) -> str:
+    """Cents for real money, all the digits for fractions of a cent (a request often costs millionths)."""
+    if amount == 0 or abs(amount) >= Decimal("0.01"):
+        return f"${amount:,.2f}"
+    return f"${amount.normalize():f}"
 
 
 class BudgetExceeded(Exception):
-    def __init__(self, status: "BudgetStatus"):
+    """A block budget has no room for this request's worst case."""
+
+    def __init__(self, status: "BudgetStatus", worst_case: Decimal | None = None):
+        self.status = status
+        needed = f" This request could cost up to {format_usd(worst_case)}." if worst_case else ""
+        held = f" ({format_usd(status.reserved)} more is held by requests in flight)" if status.reserved else ""
+        super().__init__(
+            f"Budget for {status.scope_label} is exhausted: {format_usd(status.spent)} of "
+            f"{format_usd(status.amount)} spent this period{held}.{needed} "
+            f"It resets at {status.period_end.isoformat()}."
+        )
+
+
+class QualityUnavailable(Exception):
+    """The caller asked for `X-Quality: high` but a covering budget is downgrading."""
+
+    def __init__(self, status: "BudgetStatus", requested_model: str, downgrade_model: str):
         self.status = status
         super().__init__(
-            f"Budget for {status.scope_label} is exhausted: ${status.spent:.2f} of ${status.amount:.2f} spent "
-            f"this period. It resets at {status.period_end.isoformat()}."
+            f"Budget for {status.scope_label} is past its downgrade threshold ({format_usd(status.spent)} of "
+            f"{format_usd(status.amount)} spent), so requests are served on `{downgrade_model}` instead of "
+            f"`{requested_model}`. Drop the X-Quality: high header to accept the cheaper model; full quality "
+            f"returns when the budget resets at {status.period_end.isoformat()}."
         )
 
 
@@ -33,6 +76,14 @@ class BudgetStatus:
     spent: Decimal
     period_start: datetime
     period_end: datetime
+    reserved: Decimal = Decimal(0)
+    action: str = Budget.Action.BLOCK
+    period: str = Budget.Period.MONTHLY
+    downgrade_at_percent: int = 100
+    is_active: bool = True
+    forecast: Decimal | None = None
+    downgraded_requests: int = 0
+    refused_requests: int = 0
 
     @property
     def remaining(self) -> Decimal:
@@ -43,55 +94,416 @@ class BudgetStatus:
         return float(self.spent / self.amount) if self.amount else 1.0
 
     @property
+    def percent_used(self) -> Decimal:
+        return (self.spent * HUNDRED / self.amount).quantize(Decimal("0.1")) if self.amount else HUNDRED
+
+    @property
     def exhausted(self) -> bool:
         return self.spent >= self.amount
 
+    @property
+    def downgrading(self) -> bool:
+        return (self.action == Budget.Action.DOWNGRADE
+                and self.spent + self.reserved >= self.amount * self.downgrade_at_percent / HUNDRED)
 
-def month_bounds(at: datetime, tz_name: str) -> tuple[datetime, datetime]:
-    """The calendar month containing `at` in the org's time zone, as aware datetimes."""
-    tz = zoneinfo.ZoneInfo(tz_name)
-    local = at.astimezone(tz)
-    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start, end
-
-
-def budget_status(budget: Budget, at: datetime) -> BudgetStatus:
-    start, end = month_bounds(at, budget.organization.timezone)
-    feature = budget.feature.slug if budget.feature_id else ""
-    return BudgetStatus(
-        budget_id=budget.pk,
-        scope_label=budget.scope_label,
-        feature=feature,
-        amount=budget.amount,
-        spent=ledger_spend(budget.organization_id, start, end, feature=feature or None),
-        period_start=start,
-        period_end=end,
-    )
+    @property
+    def state(self) -> str:
+        if not self.is_active:
+            return "paused"
+        if self.downgrading:
+            return "downgrading"
+        if self.exhausted:
+            return "blocking" if self.action == Budget.Action.BLOCK else "over budget"
+        if self.forecast is not None and self.forecast > self.amount:
+            return "forecast over"
+        return "ok"
 
 
-def budget_statuses(org_id: int, at: datetime) -> list[BudgetStatus]:
-    """Every active budget of the org with its spend so far (dashboards, admin)."""
-    budgets = Budget.objects.select_related("organization", "feature").filter(organization_id=org_id, is_active=True)
-    return [budget_status(b, at) for b in budgets]
+@dataclass(frozen=True)
+class CostEstimate:
+    """The most a request can cost: its prompt at the input price plus max_tokens at the output price."""
+
+    entry: pricing.CatalogEntry
+    prompt_tokens: int
+    max_tokens: int
+
+    @property
+    def worst_case(self) -> Decimal:
+        return pricing.cost_of_tokens(self.entry, input_tokens=self.prompt_tokens,
+                                      output_tokens=self.max_tokens).total
 
 
-def check_budgets(org_id: int, feature_id: int | None, at: datetime) -> list[BudgetStatus]:
-    """Raise BudgetExceeded if any budget covering this request is exhausted.
+@dataclass(frozen=True)
+class HeldBudget:
+    """What settlement needs about one covering budget, carried with the reservation."""
 
-    A request is covered by its org's budget and by its feature's budget.
-    """
-    covering = Q(feature__isnull=True)
+    budget_id: int
+    counter_id: int
+    amount: Decimal
+    thresholds: tuple[int, ...]
+    window_start: datetime
+    window_end: datetime
+    is_blocking: bool
+
+
+@dataclass
+class Reservation:
+    """A request's hold on every budget that covers it. Settle or release it exactly once."""
+
+    request_id: str
+    estimate: CostEstimate
+    amount: Decimal = Decimal(0)
+    held: tuple[HeldBudget, ...] = ()
+    reservation_ids: tuple[int, ...] = ()
+    downgraded_from: str = ""
+    downgraded: bool = False
+    statuses: list[BudgetStatus] = field(default_factory=list)
+    closed: bool = False
+
+    @property
+    def downgrade_header(self) -> str:
+        return f"{self.downgraded_from}->{self.estimate.entry.name}" if self.downgraded else ""
+
+
+DowngradeFn = Callable[[int | None], "CostEstimate | None"]
+
+
+# --- which budgets cover a request -------------------------------------------
+
+
+def covering_budgets(org_id: int, feature_id: int | None, api_key_id: int | None, user_id: int | None,
+                     at: datetime) -> list[tuple[Budget, datetime, datetime]]:
+    """Active budgets covering the request, with their current window, in lock order (budget id)."""
+    scope = Q(feature__isnull=True, api_key__isnull=True, user__isnull=True)
     if feature_id is not None:
-        covering |= Q(feature_id=feature_id)
-    budgets = Budget.objects.select_related("organization", "feature").filter(
-        covering, organization_id=org_id, is_active=True
+        scope |= Q(feature_id=feature_id)
+    if api_key_id is not None:
+        scope |= Q(api_key_id=api_key_id)
+    if user_id is not None:
+        scope |= Q(user_id=user_id)
+    budgets = (Budget.objects.select_related("organization", "feature", "api_key", "user")
+               .filter(scope, organization_id=org_id, is_active=True).order_by("pk"))
+    covering = []
+    for budget in budgets:
+        window = budget_window(budget, at)
+        if window is not None:
+            covering.append((budget, *window))
+    return covering
+
+
+def counter_for(budget: Budget, start: datetime, end: datetime) -> BudgetCounter:
+    """The counter of one window, created on first use from the ledger (a new period, a reset, a new budget).
+
+    Requests that reserve in a window always find its counter already there, so
+    the ledger sum taken at creation never includes a request this counter will
+    also settle.
+    """
+    counter = BudgetCounter.objects.filter(budget=budget, window_start=start).first()
+    if counter is not None:
+        return counter
+    try:
+        with transaction.atomic():
+            return BudgetCounter.objects.create(budget=budget, window_start=start, window_end=end,
+                                                spent=ledger.scope_spend(budget, start, end))
+    except IntegrityError:  # another process created it first
+        return BudgetCounter.objects.get(budget=budget, window_start=start)
+
+
+def _status(budget: Budget, counter: BudgetCounter, **extra) -> BudgetStatus:
+    return BudgetStatus(
+        budget_id=budget.pk, scope_label=budget.scope_label, feature=budget.feature.slug if budget.feature_id else "",
+        amount=budget.amount, spent=counter.spent, reserved=counter.reserved, period_start=counter.window_start,
+        period_end=counter.window_end, action=budget.action, period=budget.period,
+        downgrade_at_percent=budget.downgrade_at_percent, is_active=budget.is_active, **extra,
     )
-    statuses = [budget_status(b, at) for b in budgets]
-    for status in statuses:
-        if status.exhausted:
-            raise BudgetExceeded(status)
-    return statuses
 
 
-acheck_budgets = sync_to_async(check_budgets)
+# --- reserve, settle, release -----------------------------------------------
+
+
+def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key_id: int | None,
+                   user_id: int | None, estimate: CostEstimate, at: datetime, *, quality_high: bool = False,
+                   downgrade: DowngradeFn | None = None) -> Reservation:
+    """Hold the worst-case cost against every covering budget, or refuse.
+
+    Raises BudgetExceeded when a block budget has no room for the worst case,
+    and QualityUnavailable when the caller insists on full quality while a
+    downgrade budget is past its threshold. `downgrade(max_tokens_cap)` returns
+    the estimate on the cheapest model the gateway can serve.
+    """
+    covering = covering_budgets(org_id, feature_id, api_key_id, user_id, at)
+    if not covering:
+        return Reservation(request_id=request_id, estimate=estimate)
+    _sweep_stale_reservations_now_and_then()
+    counters = [counter_for(budget, start, end) for budget, start, end in covering]
+    budgets_by_id = {budget.pk: budget for budget, _, _ in covering}
+
+    refusal: BudgetExceeded | None = None
+    with transaction.atomic():
+        locked = list(BudgetCounter.objects.select_for_update()
+                      .filter(pk__in=[c.pk for c in counters]).order_by("budget_id", "window_start"))
+        statuses = [_status(budgets_by_id[c.budget_id], c) for c in locked]
+
+        chosen, downgraded_from, downgraded = estimate, "", False
+        downgrading = [s for s in statuses if s.downgrading]
+        if downgrading:
+            caps = [budgets_by_id[s.budget_id].downgrade_max_tokens for s in downgrading]
+            cap = min((c for c in caps if c), default=None)
+            cheaper = downgrade(cap) if downgrade is not None else None
+            if cheaper is None or cheaper.worst_case > estimate.worst_case:
+                cheaper = CostEstimate(estimate.entry, estimate.prompt_tokens,
+                                       min(estimate.max_tokens, cap or estimate.max_tokens))
+            if cheaper.entry.name != estimate.entry.name or cheaper.max_tokens < estimate.max_tokens:
+                if quality_high:
+                    raise QualityUnavailable(downgrading[0], estimate.entry.name, cheaper.entry.name)
+                chosen, downgraded_from, downgraded = cheaper, estimate.entry.name, True
+
+        worst_case = chosen.worst_case
+        for status in statuses:
+            if status.action == Budget.Action.BLOCK and status.spent + status.reserved + worst_case > status.amount:
+                refusal = BudgetExceeded(status, worst_case)
+                break
+        if refusal is None:
+            BudgetCounter.objects.filter(pk__in=[c.pk for c in locked]).update(reserved=F("reserved") + worst_case)
+            rows = BudgetReservation.objects.bulk_create([
+                BudgetReservation(counter_id=c.pk, request_id=request_id, amount=worst_case, created_at=at)
+                for c in locked
+            ])
+            ids = tuple(r.pk for r in rows) if all(r.pk for r in rows) else tuple(
+                BudgetReservation.objects.filter(request_id=request_id, counter_id__in=[c.pk for c in locked])
+                .values_list("pk", flat=True))
+    if refusal is not None:
+        # A block budget now refuses: that is its 100% moment, whatever the settled spend says.
+        budget = budgets_by_id[refusal.status.budget_id]
+        if 100 in budget.threshold_percents:
+            alerts.raise_alert(budget, Alert.Kind.THRESHOLD, 100, refusal.status.period_start,
+                               refusal.status.period_end, spent=refusal.status.spent)
+        raise refusal
+    held = tuple(
+        HeldBudget(budget_id=c.budget_id, counter_id=c.pk, amount=budgets_by_id[c.budget_id].amount,
+                   thresholds=tuple(budgets_by_id[c.budget_id].threshold_percents), window_start=c.window_start,
+                   window_end=c.window_end, is_blocking=budgets_by_id[c.budget_id].action == Budget.Action.BLOCK)
+        for c in locked
+    )
+    return Reservation(request_id=request_id, estimate=chosen, amount=worst_case, held=held, reservation_ids=ids,
+                       downgraded_from=downgraded_from, downgraded=downgraded, statuses=statuses)
+
+
+def settle_reservation(reservation: Reservation | None, cost: Decimal) -> Decimal | None:
+    """Replace the reservation by the real cost. Returns the smallest budget room left, if any budget applies.
+
+    Call it inside the transaction that writes the ledger row, so both commit
+    or neither does. A reservation already released (by the stale sweeper)
+    is not subtracted twice; the cost is still counted.
+    """
+    if reservation is None or not reservation.held or reservation.closed:
+        return None
+    reservation.closed = True
+    crossed = []
+    remaining = None
+    with transaction.atomic():
+        counter_ids = [h.counter_id for h in reservation.held]
+        locked = {c.pk: c for c in BudgetCounter.objects.select_for_update()
+                  .filter(pk__in=counter_ids).order_by("budget_id", "window_start")}
+        still_held = dict(BudgetReservation.objects.filter(pk__in=reservation.reservation_ids)
+                          .values_list("counter_id", "amount"))
+        BudgetReservation.objects.filter(pk__in=reservation.reservation_ids).delete()
+        for held in reservation.held:
+            counter = locked.get(held.counter_id)
+            if counter is None:  # the budget was deleted while the request ran
+                continue
+            release = still_held.get(counter.pk, Decimal(0))
+            BudgetCounter.objects.filter(pk=counter.pk).update(spent=F("spent") + cost,
+                                                               reserved=F("reserved") - release)
+            before, after = counter.spent, counter.spent + cost
+            room = max(held.amount - after, Decimal(0))
+            remaining = room if remaining is None else min(remaining, room)
+            for percent in held.thresholds:
+                line = held.amount * percent / HUNDRED
+                if before < line <= after:
+                    crossed.append((held, percent, after))
+        for held, percent, spent in crossed:
+            alerts.raise_alert(held.budget_id, Alert.Kind.THRESHOLD, percent, held.window_start, held.window_end,
+                               spent=spent, amount=held.amount)
+    for held in reservation.held:
+        _check_forecast_now_and_then(held.budget_id)
+    return remaining
+
+
+def release_reservation(reservation: Reservation | None) -> None:
+    """Give a reservation back without spending (the request failed before it could be billed)."""
+    if reservation is None or not reservation.held or reservation.closed:
+        return
+    reservation.closed = True
+    with transaction.atomic():
+        _release_rows(reservation.reservation_ids)
+
+
+arelease_reservation = sync_to_async(release_reservation)
+
+
+def _release_rows(reservation_ids) -> int:
+    """Delete reservation rows and take their amounts off their counters (inside a transaction)."""
+    counter_ids = set(BudgetReservation.objects.filter(pk__in=reservation_ids).values_list("counter_id", flat=True))
+    if not counter_ids:
+        return 0
+    list(BudgetCounter.objects.select_for_update().filter(pk__in=counter_ids).order_by("budget_id", "window_start"))
+    rows = list(BudgetReservation.objects.filter(pk__in=reservation_ids).values_list("pk", "counter_id", "amount"))
+    per_counter: dict[int, Decimal] = {}
+    for _, counter_id, amount in rows:
+        per_counter[counter_id] = per_counter.get(counter_id, Decimal(0)) + amount
+    BudgetReservation.objects.filter(pk__in=[pk for pk, _, _ in rows]).delete()
+    for counter_id, amount in per_counter.items():
+        BudgetCounter.objects.filter(pk=counter_id).update(reserved=F("reserved") - amount)
+    return len(rows)
+
+
+def release_stale_reservations(older_than_s: float | None = None, now: datetime | None = None) -> int:
+    """Release reservations whose request never settled (its process died). Returns how many."""
+    ttl = settings.TOLLGATE_RESERVATION_TTL_S if older_than_s is None else older_than_s
+    cutoff = (now or timezone.now()) - timedelta(seconds=ttl)
+    ids = list(BudgetReservation.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:5000])
+    if not ids:
+        return 0
+    with transaction.atomic():
+        return _release_rows(ids)
+
+
+def _sweep_stale_reservations_now_and_then() -> None:
+    # Beat runs the sweep too; this keeps the embedded default (no beat) from leaking reservations.
+    if cache.add("budgets:stale-sweep", 1, timeout=max(1, int(settings.TOLLGATE_RESERVATION_TTL_S // 4))):
+        release_stale_reservations()
+
+
+# --- rebuilding counters from the ledger ------------------------------------
+
+
+def rebuild_counters(budget_ids=None, at: datetime | None = None) -> list[BudgetCounter]:
+    """Recompute the current window's counters of active budgets from the ledger and the open reservations.
+
+    The counter row is locked while the ledger is summed; a settlement commits
+    its ledger row and its counter update together, so it is counted exactly
+    once either way. Returns the rebuilt counters.
+    """
+    at = at or timezone.now()
+    budgets = Budget.objects.select_related("organization", "feature", "api_key", "user").filter(is_active=True)
+    if budget_ids is not None:
+        budgets = budgets.filter(pk__in=list(budget_ids))
+    rebuilt = []
+    for budget in budgets.order_by("pk"):
+        window = budget_window(budget, at)
+        if window is None:
+            continue
+        counter = counter_for(budget, *window)
+        with transaction.atomic():
+            counter = BudgetCounter.objects.select_for_update().get(pk=counter.pk)
+            counter.spent = ledger.scope_spend(budget, counter.window_start, counter.window_end)
+            counter.reserved = (BudgetReservation.objects.filter(counter=counter)
+                                .aggregate(total=Sum("amount"))["total"] or Decimal(0))
+            counter.save(update_fields=["spent", "reserved", "updated_at"])
+        rebuilt.append(counter)
+    return rebuilt
+
+
+# --- admin actions ---------------------------------------------------------
+
+
+def reset_budgets(budget_ids, at: datetime | None = None) -> int:
+    """Start the current period over from now: spend before `at` no longer counts against these budgets."""
+    return Budget.objects.filter(pk__in=list(budget_ids)).update(reset_at=at or timezone.now())
+
+
+def pause_budgets(budget_ids) -> int:
+    return Budget.objects.filter(pk__in=list(budget_ids)).update(is_active=False)
+
+
+def resume_budgets(budget_ids) -> int:
+    return Budget.objects.filter(pk__in=list(budget_ids)).update(is_active=True)
+
+
+# --- status and forecasts ---------------------------------------------------
+
+
+def forecast_spend(budget: Budget, spent: Decimal, window_start: datetime, window_end: datetime,
+                   at: datetime) -> Decimal:
+    """Projected spend at window end: spend so far plus the recent rate over the time left.
+
+    The rate is the ledger spend of the last TOLLGATE_FORECAST_LOOKBACK_S
+    seconds (or since the window started, if later), divided by at least
+    TOLLGATE_FORECAST_MIN_LOOKBACK_S, so one early request does not project a fortune.
+    """
+    if at >= window_end:
+        return spent
+    lookback_start = max(window_start, at - timedelta(seconds=settings.TOLLGATE_FORECAST_LOOKBACK_S))
+    recent = ledger.scope_spend(budget, lookback_start, at)
+    seconds = max((at - lookback_start).total_seconds(), settings.TOLLGATE_FORECAST_MIN_LOOKBACK_S)
+    rate = recent / Decimal(str(seconds))
+    return pricing.quantize_money(spent + rate * Decimal(str((window_end - at).total_seconds())))
+
+
+def budget_status(budget: Budget, at: datetime, *, with_activity: bool = False) -> BudgetStatus | None:
+    """The budget's counters in the window at `at` (read, not locked), with its forecast."""
+    window = budget_window(budget, at)
+    if window is None:
+        return None
+    start, end = window
+    counter = BudgetCounter.objects.filter(budget=budget, window_start=start).first()
+    if counter is None:
+        counter = BudgetCounter(budget=budget, window_start=start, window_end=end,
+                                spent=ledger.scope_spend(budget, start, end))
+    extra = {"forecast": forecast_spend(budget, counter.spent, start, end, at)}
+    if with_activity:
+        activity = ledger.scope_activity(budget, start, end)
+        extra.update(downgraded_requests=activity["downgraded"], refused_requests=activity["refused"])
+    return _status(budget, counter, **extra)
+
+
+def budget_statuses(org_id: int, at: datetime, *, include_paused: bool = False) -> list[BudgetStatus]:
+    """Every budget of the org in force at `at`, with spend, reservations, forecast and activity (dashboards)."""
+    budgets = Budget.objects.select_related("organization", "feature", "api_key", "user").filter(organization_id=org_id)
+    if not include_paused:
+        budgets = budgets.filter(is_active=True)
+    statuses = (budget_status(b, at, with_activity=True) for b in budgets.order_by("pk"))
+    return [s for s in statuses if s is not None]
+
+
+def check_forecast(budget: Budget, at: datetime | None = None) -> Alert | None:
+    """Raise a "forecast to exceed" alert (once per window) when the recent rate would pass the amount."""
+    at = at or timezone.now()
+    status = budget_status(budget, at)
+    if status is None or status.forecast is None or status.exhausted or status.forecast <= status.amount:
+        return None
+    return alerts.raise_alert(budget, Alert.Kind.FORECAST, 100, status.period_start, status.period_end,
+                              spent=status.spent, forecast=status.forecast)
+
+
+def check_all_forecasts(at: datetime | None = None) -> int:
+    """Forecast check over every active budget (beat). Returns how many new alerts were raised."""
+    raised = 0
+    for budget in Budget.objects.select_related("organization", "feature", "api_key", "user").filter(is_active=True):
+        if check_forecast(budget, at) is not None:
+            raised += 1
+    return raised
+
+
+def _check_forecast_now_and_then(budget_id: int) -> None:
+    # At most once per interval per budget, across processes (cache.add is atomic on Redis).
+    if cache.add(f"budgets:forecast:{budget_id}", 1, timeout=max(1, int(settings.TOLLGATE_FORECAST_CHECK_INTERVAL_S))):
+        budget = Budget.objects.select_related("organization", "feature", "api_key", "user").filter(
+            pk=budget_id, is_active=True).first()
+        if budget is not None:
+            check_forecast(budget)
+
+
+# --- downgrade routing --------------------------------------------------------
+
+
+def downgrade_candidates(at: datetime) -> list[pricing.CatalogEntry]:
+    """Active, priced models, cheapest first: lowest tier, then output price, then input price."""
+    entries = []
+    for model in pricing.active_catalog():
+        try:
+            entries.append(pricing.catalog_entry(model.name, at))
+        except pricing.UnknownModel:
+            continue
+    return sorted(entries, key=lambda e: (e.tier, e.output_per_mtok, e.input_per_mtok, e.name))

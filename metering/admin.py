@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import CatalogModel, Price, UsageRecord
+from .models import CatalogModel, ChargebackPolicy, PoolRate, Price, UsageRecord
 
 
 class PriceInline(admin.TabularInline):
@@ -24,13 +24,30 @@ class CatalogModelAdmin(admin.ModelAdmin):
         return f"${price.input_per_mtok} / ${price.output_per_mtok}" if price else "— (not served)"
 
 
+@admin.register(PoolRate)
+class PoolRateAdmin(admin.ModelAdmin):
+    """GPU pool cost: add a row to change a rate; history keeps the old one."""
+
+    list_display = ["pool", "effective_from", "usd_per_gpu_hour", "gpus", "gpus_per_replica"]
+    list_filter = ["pool"]
+    ordering = ["pool", "-effective_from"]
+
+
+@admin.register(ChargebackPolicy)
+class ChargebackPolicyAdmin(admin.ModelAdmin):
+    list_display = ["organization", "mode"]
+    list_filter = ["mode"]
+    autocomplete_fields = ["organization"]
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
     """The ledger is append-only: admins can read and filter it, never edit it."""
 
-    list_display = ["created_at", "organization", "feature", "model_served", "status", "input_tokens",
-                    "output_tokens", "cost_total", "duration_ms", "shipped"]
-    list_filter = ["status", "attempt_kind", "organization", "model_served", "streamed", "cache_hit"]
+    list_display = ["created_at", "organization", "feature", "model_served", "pool", "status", "input_tokens",
+                    "output_tokens", "cost_total", "cost_retry", "cost_escalation", "duration_ms", "shipped"]
+    list_filter = ["status", "attempt_kind", "chargeback_mode", "organization", "model_served", "pool", "streamed",
+                   "cache_hit"]
     search_fields = ["request_id", "trace_id", "feature"]
     date_hierarchy = "created_at"
     list_select_related = ["organization"]

@@ -61,6 +61,86 @@ ORDER BY (org_id, timestamp, event_id)
 SETTINGS non_replicated_deduplication_window = 1000
 """
 
+# Columns added after the first release, added to older tables in place
+# (CREATE … IF NOT EXISTS never changes an existing table).
+USAGE_EVENTS_ADDED_COLUMNS = [
+    "chargeback_mode LowCardinality(String) DEFAULT 'tokens'",
+    "cost_base Decimal(18, 9) DEFAULT 0",
+    "cost_retry Decimal(18, 9) DEFAULT 0",
+    "cost_escalation Decimal(18, 9) DEFAULT 0",
+    "savings_cache Decimal(18, 9) DEFAULT 0",
+    "savings_tokens Decimal(18, 9) DEFAULT 0",
+    "discarded Bool DEFAULT false",
+    "retry_attempt UInt16 DEFAULT 0",
+]
+
+# Hourly rollup by org × feature × model × pool: what dashboards and the usage
+# API read. Summing keeps sums exact (Decimal(38, 9)); the dedup window lets a
+# replayed insert be dropped here too (the insert sets
+# deduplicate_blocks_in_dependent_materialized_views=1).
+USAGE_HOURLY_DDL = """
+CREATE TABLE IF NOT EXISTS usage_hourly
+(
+    hour DateTime('UTC'),
+    org_id UInt64,
+    feature LowCardinality(String),
+    model_requested LowCardinality(String),
+    model_served LowCardinality(String),
+    pool LowCardinality(String),
+    requests UInt64,
+    refused UInt64,
+    errors UInt64,
+    cache_hits UInt64,
+    input_tokens UInt64,
+    cached_input_tokens UInt64,
+    output_tokens UInt64,
+    tokens_saved UInt64,
+    engine_seconds Float64,
+    cost_input Decimal(38, 9),
+    cost_output Decimal(38, 9),
+    cost_gpu Decimal(38, 9),
+    cost_total Decimal(38, 9),
+    cost_base Decimal(38, 9),
+    cost_retry Decimal(38, 9),
+    cost_escalation Decimal(38, 9),
+    savings_cache Decimal(38, 9),
+    savings_tokens Decimal(38, 9)
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMM(hour)
+ORDER BY (org_id, hour, feature, model_served, pool, model_requested)
+SETTINGS non_replicated_deduplication_window = 1000
+"""
+
+USAGE_HOURLY_SELECT = """
+SELECT
+    toStartOfHour(timestamp) AS hour,
+    org_id, feature, model_requested, model_served, pool,
+    countIf(status != 'refused') AS requests,
+    countIf(status = 'refused') AS refused,
+    countIf(status = 'error') AS errors,
+    countIf(cache_hit) AS cache_hits,
+    sum(toUInt64(input_tokens)) AS input_tokens,
+    sum(toUInt64(cached_input_tokens)) AS cached_input_tokens,
+    sum(toUInt64(output_tokens)) AS output_tokens,
+    sum(toUInt64(tokens_saved)) AS tokens_saved,
+    sum(engine_seconds) AS engine_seconds,
+    sum(toDecimal128(cost_input, 9)) AS cost_input,
+    sum(toDecimal128(cost_output, 9)) AS cost_output,
+    sum(toDecimal128(cost_gpu, 9)) AS cost_gpu,
+    sum(toDecimal128(cost_total, 9)) AS cost_total,
+    sum(toDecimal128(cost_base, 9)) AS cost_base,
+    sum(toDecimal128(cost_retry, 9)) AS cost_retry,
+    sum(toDecimal128(cost_escalation, 9)) AS cost_escalation,
+    sum(toDecimal128(savings_cache, 9)) AS savings_cache,
+    sum(toDecimal128(savings_tokens, 9)) AS savings_tokens
+FROM {source}
+GROUP BY hour, org_id, feature, model_requested, model_served, pool
+"""
+
+USAGE_HOURLY_MV_DDL = "CREATE MATERIALIZED VIEW IF NOT EXISTS usage_hourly_mv TO usage_hourly AS " + (
+    USAGE_HOURLY_SELECT.format(source="usage_events"))
+
 # The table the OpenTelemetry Collector's ClickHouse exporter creates (Map
 # attribute variant), so a real Collector can write here and Grafana's
 # ClickHouse plugin reads it unchanged.
@@ -135,8 +215,21 @@ WHERE TraceId != ''
 GROUP BY TraceId
 """
 
-SCHEMA = [USAGE_EVENTS_DDL, OTEL_TRACES_DDL, OTEL_TRACES_TRACE_ID_TS_DDL, OTEL_TRACES_TRACE_ID_TS_MV_DDL]
-TABLES = ["usage_events", "otel_traces", "otel_traces_trace_id_ts"]
+SCHEMA = [
+    USAGE_EVENTS_DDL,
+    *(f"ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS {column}" for column in USAGE_EVENTS_ADDED_COLUMNS),
+    USAGE_HOURLY_DDL,
+    USAGE_HOURLY_MV_DDL,
+    OTEL_TRACES_DDL,
+    OTEL_TRACES_TRACE_ID_TS_DDL,
+    OTEL_TRACES_TRACE_ID_TS_MV_DDL,
+]
+TABLES = ["usage_events", "usage_hourly", "otel_traces", "otel_traces_trace_id_ts"]
+
+# Insert settings for usage batches: the token drops a replayed batch from
+# usage_events, and the second setting drops it from the rollup as well.
+def usage_insert_settings(dedup_token: str) -> dict:
+    return {"insert_deduplication_token": dedup_token, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 def get_client():
@@ -159,8 +252,12 @@ def get_client():
 
 def create_schema(client=None) -> None:
     client = client or get_client()
+    had_rollup = bool(client.command("EXISTS TABLE usage_hourly_mv"))
     for ddl in SCHEMA:
         client.command(ddl)
+    if not had_rollup:
+        # A store from before the rollup existed: fill it once from the raw table.
+        client.command("INSERT INTO usage_hourly " + USAGE_HOURLY_SELECT.format(source="usage_events FINAL"))
 
 
 def truncate_all() -> None:

@@ -48,6 +48,44 @@ class Price(models.Model):
         return f"{self.model} from {self.effective_from:%Y-%m-%d %H:%M}"
 
 
+class ChargebackMode(models.TextChoices):
+    TOKENS = "tokens", "token prices"
+    GPU_OVERHEAD = "gpu_overhead", "GPU time; idle pool time is platform overhead"
+    GPU_SHARED = "gpu_shared", "GPU time; idle pool time shared in proportion to use"
+
+
+class PoolRate(models.Model):
+    """What a GPU pool costs: $/GPU-hour × GPUs, effective from a moment on (history is kept)."""
+
+    pool = models.CharField(max_length=40, help_text="Pool name as the router records it (e.g. interactive).")
+    effective_from = models.DateTimeField(default=timezone.now)
+    usd_per_gpu_hour = models.DecimalField(max_digits=12, decimal_places=6)
+    gpus = models.PositiveIntegerField(help_text="GPUs the pool holds (paid for whether busy or idle).")
+    gpus_per_replica = models.PositiveIntegerField(
+        default=1, help_text="GPUs one replica spans; a request's engine-seconds occupy all of them."
+    )
+
+    class Meta:
+        ordering = ["pool", "-effective_from"]
+        constraints = [models.UniqueConstraint(fields=["pool", "effective_from"], name="one_pool_rate_per_instant")]
+
+    def __str__(self) -> str:
+        return f"{self.pool} {self.gpus}×${self.usd_per_gpu_hour}/h from {self.effective_from:%Y-%m-%d}"
+
+
+class ChargebackPolicy(models.Model):
+    """How one organization is charged back. Orgs without a row pay token prices."""
+
+    organization = models.OneToOneField("tenants.Organization", on_delete=models.CASCADE, related_name="+")
+    mode = models.CharField(max_length=16, choices=ChargebackMode.choices, default=ChargebackMode.TOKENS)
+
+    class Meta:
+        verbose_name_plural = "chargeback policies"
+
+    def __str__(self) -> str:
+        return f"{self.organization}: {self.get_mode_display()}"
+
+
 class UsageRecord(models.Model):
     """One billable attempt (or a recorded refusal). The source of truth for money.
 
@@ -98,15 +136,35 @@ class UsageRecord(models.Model):
     duration_ms = models.FloatField(default=0)
     engine_seconds = models.FloatField(default=0)
 
+    # Resource cost of this attempt, always computed from what it consumed:
+    # tokens at the price in force, and GPU time at its pool's rate.
     cost_input = models.DecimalField(**MONEY, default=0)
     cost_output = models.DecimalField(**MONEY, default=0)
     cost_gpu = models.DecimalField(**MONEY, default=0)
+    # What the org is charged for this attempt, in its chargeback mode (see metering.costs).
     cost_total = models.DecimalField(**MONEY, default=0)
+    chargeback_mode = models.CharField(max_length=16, default="tokens")
+    # The same attempt's cost by role (exactly one is non-zero): base = the answer the caller got;
+    # retry = a failed attempt (recorded, never billed); escalation = an answer thrown away for a
+    # stronger model's (billed). cost_total == cost_base + cost_escalation.
+    cost_base = models.DecimalField(**MONEY, default=0)
+    cost_retry = models.DecimalField(**MONEY, default=0)
+    cost_escalation = models.DecimalField(**MONEY, default=0)
+    # Counterfactual amounts: what a cache hit or removed tokens would have cost. Never billed.
+    savings_cache = models.DecimalField(**MONEY, default=0)
+    savings_tokens = models.DecimalField(**MONEY, default=0)
     price = models.ForeignKey(Price, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    pool_rate = models.ForeignKey("PoolRate", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
 
     cache_hit = models.BooleanField(default=False)
     downgraded = models.BooleanField(default=False)
+    discarded = models.BooleanField(default=False, help_text="The answer was thrown away (escalated).")
+    retry_attempt = models.PositiveSmallIntegerField(default=0, help_text="0 for the first try, 1.. for retries.")
 
+    # Outbox state. A batch is claimed (ship_batch set) before it is sent, so a
+    # replay after a crash re-sends exactly the same rows with the same dedup token.
+    ship_batch = models.UUIDField(null=True, blank=True, db_index=True)
+    ship_claimed_at = models.DateTimeField(null=True, blank=True)
     shipped_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -6,7 +6,7 @@ Other apps read usage only through these functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Sum
@@ -23,8 +23,7 @@ def ledger_spend(org_id: int, start: datetime, end: datetime, feature: str | Non
     return rows.aggregate(total=Sum("cost_total"))["total"] or Decimal(0)
 
 
-# --- ClickHouse: dashboards -------------------------------------------------
-# usage_events is a ReplacingMergeTree: FINAL makes a replayed batch count once.
+# --- ClickHouse: dashboards (read the hourly rollup; see usage_summary) ------
 
 
 @dataclass(frozen=True)
@@ -36,58 +35,310 @@ class UsageTotals:
     refused: int
 
 
+DASHBOARD_MEASURES = ["requests", "refused", "input_tokens", "output_tokens", "cost_total"]
+
+
 def usage_totals(org_id: int, start: datetime, end: datetime) -> UsageTotals:
-    result = get_client().query(
-        """
-        SELECT countIf(status != 'refused'), sum(input_tokens), sum(output_tokens), sum(cost_total),
-               countIf(status = 'refused')
-        FROM usage_events FINAL
-        WHERE org_id = {org:UInt64} AND timestamp >= {start:DateTime64(6)} AND timestamp < {end:DateTime64(6)}
-        """,
-        parameters={"org": org_id, "start": start, "end": end},
-    )
-    requests, input_tokens, output_tokens, cost, refused = result.result_rows[0]
-    return UsageTotals(
-        requests=int(requests),
-        input_tokens=int(input_tokens or 0),
-        output_tokens=int(output_tokens or 0),
-        cost=Decimal(cost or 0),
-        refused=int(refused),
-    )
+    (row,) = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,)), measures=DASHBOARD_MEASURES)
+    return UsageTotals(requests=row["requests"], input_tokens=row["input_tokens"],
+                       output_tokens=row["output_tokens"], cost=row["cost_total"], refused=row["refused"])
 
 
 def spend_by_day(org_id: int, start: datetime, end: datetime, tz: str = "UTC") -> list[tuple]:
     """(day in the org's time zone, cost) rows, oldest first."""
-    result = get_client().query(
-        """
-        SELECT toDate(timestamp, {tz:String}) AS day, sum(cost_total)
-        FROM usage_events FINAL
-        WHERE org_id = {org:UInt64} AND timestamp >= {start:DateTime64(6)} AND timestamp < {end:DateTime64(6)}
-        GROUP BY day ORDER BY day
-        """,
-        parameters={"org": org_id, "start": start, "end": end, "tz": tz},
-    )
-    return [(day, Decimal(cost)) for day, cost in result.result_rows]
+    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,), tz=tz), ["day"], measures=["cost_total"])
+    return sorted((row["day"], row["cost_total"]) for row in rows)
 
 
-_GROUPABLE = {"feature": "feature", "model": "model_served"}
+_GROUPABLE = {"feature": "feature", "model": "model"}
 
 
 def spend_by(dimension: str, org_id: int, start: datetime, end: datetime) -> list[dict]:
     """Spend, requests and tokens grouped by `feature` or `model`, largest spend first."""
-    column = _GROUPABLE[dimension]
-    result = get_client().query(
-        f"""
-        SELECT {column} AS key, sum(cost_total) AS cost, count() AS requests,
-               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
-        FROM usage_events FINAL
-        WHERE org_id = {{org:UInt64}} AND timestamp >= {{start:DateTime64(6)}} AND timestamp < {{end:DateTime64(6)}}
-              AND status != 'refused'
-        GROUP BY key ORDER BY cost DESC, key
-        """,
-        parameters={"org": org_id, "start": start, "end": end},
-    )
+    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,)), [_GROUPABLE[dimension]],
+                         measures=DASHBOARD_MEASURES)
     return [
-        {"key": key or "(none)", "cost": Decimal(cost), "requests": int(n), "input_tokens": int(i), "output_tokens": int(o)}
-        for key, cost, n, i, o in result.result_rows
+        {"key": row[_GROUPABLE[dimension]] or "(none)", "cost": row["cost_total"], "requests": row["requests"],
+         "input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"]}
+        for row in rows if row["requests"]
     ]
+
+
+# --- Usage analytics: hourly rollups for whole hours, the raw table for the edges -----------------
+#
+# usage_hourly (a SummingMergeTree fed by a materialized view) holds sums per
+# hour × org × feature × model × pool. A range that does not start or end on
+# the hour reads its partial hours from usage_events (FINAL), so answers are
+# exact to the nano-dollar and still read mostly rollup rows. Filters or
+# groupings the rollup does not carry (API key, user) read the raw table.
+
+MEASURES = [
+    "requests", "refused", "errors", "cache_hits", "input_tokens", "cached_input_tokens", "output_tokens",
+    "tokens_saved", "engine_seconds", "cost_input", "cost_output", "cost_gpu", "cost_total", "cost_base",
+    "cost_retry", "cost_escalation", "savings_cache", "savings_tokens",
+]
+MONEY_MEASURES = [m for m in MEASURES if m.startswith(("cost_", "savings_"))]
+
+_RAW_MEASURES = {
+    "requests": "countIf(status != 'refused')",
+    "refused": "countIf(status = 'refused')",
+    "errors": "countIf(status = 'error')",
+    "cache_hits": "countIf(cache_hit)",
+    "input_tokens": "sum(toUInt64(input_tokens))",
+    "cached_input_tokens": "sum(toUInt64(cached_input_tokens))",
+    "output_tokens": "sum(toUInt64(output_tokens))",
+    "tokens_saved": "sum(toUInt64(tokens_saved))",
+    "engine_seconds": "sum(engine_seconds)",
+    **{m: f"sum(toDecimal128({m}, 9))" for m in MONEY_MEASURES},
+}
+
+# dimension -> (rollup expression, raw expression); None: the rollup does not carry it.
+DIMENSIONS = {
+    "org": ("org_id", "org_id"),
+    "feature": ("feature", "feature"),
+    "model": ("model_served", "model_served"),
+    "model_requested": ("model_requested", "model_requested"),
+    "pool": ("pool", "pool"),
+    "hour": ("hour", "toStartOfHour(timestamp)"),
+    "day": ("toDate(hour, {tz:String})", "toDate(timestamp, {tz:String})"),
+    "key": (None, "api_key_id"),
+    "user": (None, "user_id"),
+}
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    """Which usage to read. org_ids None means every org (staff); an empty list means none."""
+
+    start: datetime
+    end: datetime
+    org_ids: tuple[int, ...] | None = None
+    feature: str | None = None
+    model: str | None = None
+    pool: str | None = None
+    api_key_id: int | None = None
+    user_id: int | None = None
+    tz: str = "UTC"
+
+    @property
+    def needs_raw(self) -> bool:
+        return self.api_key_id is not None or self.user_id is not None
+
+
+def _where(f: UsageFilter, time_column: str, start_key: str, end_key: str, raw: bool, hole: bool = False) -> str:
+    """The filter's WHERE clause; `hole` leaves out [inner_start, inner_end) (read from the rollup)."""
+    kind = "DateTime64(6, 'UTC')" if raw else "DateTime('UTC')"
+    clauses = [f"{time_column} >= {{{start_key}:{kind}}}", f"{time_column} < {{{end_key}:{kind}}}"]
+    if hole:
+        clauses.append(f"({time_column} < {{inner_start:{kind}}} OR {time_column} >= {{inner_end:{kind}}})")
+    if f.org_ids is not None:
+        clauses.append("org_id IN {org_ids:Array(UInt64)}")
+    if f.feature is not None:
+        clauses.append("feature = {feature:String}")
+    if f.model is not None:
+        clauses.append("model_served = {model:String}")
+    if f.pool is not None:
+        clauses.append("pool = {pool:String}")
+    if raw and f.api_key_id is not None:
+        clauses.append("api_key_id = {api_key_id:UInt64}")
+    if raw and f.user_id is not None:
+        clauses.append("user_id = {user_id:UInt64}")
+    return " AND ".join(clauses)
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(at: datetime) -> datetime:
+    floor = _floor_hour(at)
+    return floor if floor == at else floor + timedelta(hours=1)
+
+
+def _summary_sql(f: UsageFilter, group_by: list[str], use_rollup: bool,
+                 measures: list[str] = MEASURES) -> tuple[str, dict]:
+    params = {"start": f.start, "end": f.end, "tz": f.tz, "org_ids": list(f.org_ids or []),
+              "feature": f.feature or "", "model": f.model or "", "pool": f.pool or "",
+              "api_key_id": f.api_key_id or 0, "user_id": f.user_id or 0}
+    dims_raw = [f"{DIMENSIONS[d][1]} AS {d}" for d in group_by]
+    raw_select = ", ".join(dims_raw + [f"{_RAW_MEASURES[m]} AS {m}" for m in measures])
+    group_clause = f"GROUP BY {', '.join(group_by)}" if group_by else ""
+    parts = []
+    if use_rollup:
+        inner_start, inner_end = _ceil_hour(f.start), _floor_hour(f.end)
+        if inner_start < inner_end:
+            params.update(inner_start=inner_start, inner_end=inner_end)
+            dims_rollup = [f"{DIMENSIONS[d][0]} AS {d}" for d in group_by]
+            rollup_select = ", ".join(dims_rollup + [f"sum({m}) AS {m}" for m in measures])
+            parts.append(f"SELECT {rollup_select} FROM usage_hourly "
+                         f"WHERE {_where(f, 'hour', 'inner_start', 'inner_end', raw=False)} {group_clause}")
+            if f.start < inner_start or inner_end < f.end:
+                # Both partial hours in one scan of the raw table.
+                parts.append(f"SELECT {raw_select} FROM usage_events FINAL "
+                             f"WHERE {_where(f, 'timestamp', 'start', 'end', raw=True, hole=True)} {group_clause}")
+    if not parts:
+        parts.append(f"SELECT {raw_select} FROM usage_events FINAL "
+                     f"WHERE {_where(f, 'timestamp', 'start', 'end', raw=True)} {group_clause}")
+    outer = ", ".join(group_by + [f"sum({m}) AS {m}" for m in measures])
+    sql = f"SELECT {outer} FROM ({' UNION ALL '.join(parts)}) {group_clause}"
+    return sql, params
+
+
+def _row_dict(names: list[str], row: tuple) -> dict:
+    out = dict(zip(names, row))
+    for m in MEASURES:
+        if m not in out:
+            continue
+        if m in MONEY_MEASURES:
+            out[m] = Decimal(out[m] or 0)
+        elif m == "engine_seconds":
+            out[m] = float(out[m] or 0)
+        else:
+            out[m] = int(out[m] or 0)
+    return out
+
+
+def usage_summary(f: UsageFilter, group_by: list[str] | tuple[str, ...] = (), *, limit: int | None = None,
+                  offset: int = 0, use_rollup: bool = True, measures: list[str] | None = None) -> list[dict]:
+    """Usage measures grouped by `group_by` (names from DIMENSIONS), largest spend first.
+
+    With no group_by: one row of totals. `measures` picks columns (default
+    all; fewer read faster). use_rollup=False forces the raw table
+    (benchmarks compare the two).
+    """
+    group_by = list(group_by)
+    measures = list(measures or MEASURES)
+    if "cost_total" not in measures:
+        measures.append("cost_total")  # the sort key
+    for d in group_by:
+        if d not in DIMENSIONS:
+            raise ValueError(f"cannot group by {d!r}")
+    rollup = use_rollup and not f.needs_raw and all(DIMENSIONS[d][0] is not None for d in group_by)
+    if f.org_ids is not None and not f.org_ids:
+        return []
+    sql, params = _summary_sql(f, group_by, rollup, measures)
+    order = ["cost_total DESC"] + list(group_by)
+    sql += " ORDER BY " + ", ".join(order)
+    if limit is not None:
+        sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+    result = get_client().query(sql, parameters=params)
+    names = list(result.column_names)
+    return [_row_dict(names, row) for row in result.result_rows]
+
+
+def usage_summary_count(f: UsageFilter, group_by: list[str] | tuple[str, ...] = ()) -> int:
+    """How many groups usage_summary would return (for pagination)."""
+    group_by = list(group_by)
+    if f.org_ids is not None and not f.org_ids:
+        return 0
+    if not group_by:
+        return 1
+    rollup = not f.needs_raw and all(DIMENSIONS[d][0] is not None for d in group_by)
+    sql, params = _summary_sql(f, group_by, rollup, ["requests"])
+    return int(get_client().query(f"SELECT count() FROM ({sql})", parameters=params).result_rows[0][0])
+
+
+EVENT_COLUMNS = [
+    "event_id", "request_id", "trace_id", "timestamp", "org_id", "org_slug", "feature", "api_key_id", "user_id",
+    "model_requested", "model_served", "pool", "attempt_kind", "status", "input_tokens", "cached_input_tokens",
+    "output_tokens", "tokens_saved", "engine_seconds", "cost_input", "cost_output", "cost_gpu", "cost_total",
+    "chargeback_mode", "cost_base", "cost_retry", "cost_escalation", "savings_cache", "savings_tokens",
+    "cache_hit", "downgraded",
+]
+
+
+def usage_events(f: UsageFilter, *, limit: int, offset: int = 0) -> list[dict]:
+    """Raw usage events (drill-down), newest first."""
+    if f.org_ids is not None and not f.org_ids:
+        return []
+    sql, params = _events_sql(f)
+    result = get_client().query(
+        f"SELECT {', '.join(EVENT_COLUMNS)} {sql} ORDER BY timestamp DESC, event_id DESC "
+        f"LIMIT {int(limit)} OFFSET {int(offset)}",
+        parameters=params,
+    )
+    return [dict(zip(EVENT_COLUMNS, row)) for row in result.result_rows]
+
+
+def usage_events_count(f: UsageFilter) -> int:
+    if f.org_ids is not None and not f.org_ids:
+        return 0
+    sql, params = _events_sql(f)
+    return int(get_client().query(f"SELECT count() {sql}", parameters=params).result_rows[0][0])
+
+
+def _events_sql(f: UsageFilter) -> tuple[str, dict]:
+    params = {"start": f.start, "end": f.end, "org_ids": list(f.org_ids or []), "feature": f.feature or "",
+              "model": f.model or "", "pool": f.pool or "", "api_key_id": f.api_key_id or 0,
+              "user_id": f.user_id or 0}
+    return f"FROM usage_events FINAL WHERE {_where(f, 'timestamp', 'start', 'end', raw=True)}", params
+
+
+# --- Reconciliation: the ledger against ClickHouse, per org -----------------------------
+
+
+@dataclass(frozen=True)
+class OrgReconciliation:
+    org_id: int
+    org_slug: str
+    ledger_rows: int
+    ledger_cost: Decimal
+    pending_rows: int
+    pending_cost: Decimal
+    clickhouse_rows: int
+    clickhouse_cost: Decimal
+    rollup_cost: Decimal
+
+    @property
+    def matches(self) -> bool:
+        """ClickHouse (raw and rollup) holds exactly the ledger's shipped rows."""
+        shipped_rows = self.ledger_rows - self.pending_rows
+        shipped_cost = self.ledger_cost - self.pending_cost
+        return (self.clickhouse_rows == shipped_rows and self.clickhouse_cost == shipped_cost
+                and self.rollup_cost == shipped_cost)
+
+
+def reconcile(start: datetime, end: datetime) -> list[OrgReconciliation]:
+    """Per-org totals over [start, end) from the ledger, usage_events (FINAL) and usage_hourly."""
+    from django.db.models import Count, Q
+
+    ledger = {
+        row["organization_id"]: row
+        for row in UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
+        .values("organization_id", "organization__slug")
+        .annotate(rows=Count("event_id"), cost=Sum("cost_total"),
+                  pending_rows=Count("event_id", filter=Q(shipped_at__isnull=True)),
+                  pending_cost=Sum("cost_total", filter=Q(shipped_at__isnull=True)))
+    }
+    client = get_client()
+    params = {"start": start, "end": end}
+    raw = {org: (int(n), Decimal(c)) for org, n, c in client.query(
+        "SELECT org_id, count(), sum(toDecimal128(cost_total, 9)) FROM usage_events FINAL "
+        "WHERE timestamp >= {start:DateTime64(6, 'UTC')} AND timestamp < {end:DateTime64(6, 'UTC')} GROUP BY org_id",
+        parameters=params).result_rows}
+    # The rollup is hourly: a period given in whole hours (a month) reads it exactly.
+    rollup = {org: Decimal(c) for org, c in client.query(
+        "SELECT org_id, sum(cost_total) FROM usage_hourly "
+        "WHERE hour >= {start:DateTime64(6, 'UTC')} AND hour < {end:DateTime64(6, 'UTC')} GROUP BY org_id",
+        parameters=params).result_rows}
+    slugs = {org: row["organization__slug"] for org, row in ledger.items()}
+    missing = set(raw) - set(slugs)
+    if missing:
+        from tenants.models import Organization
+
+        slugs.update(dict(Organization.objects.filter(pk__in=missing).values_list("pk", "slug")))
+    report = []
+    for org_id in sorted(set(ledger) | set(raw) | set(rollup)):
+        row = ledger.get(org_id, {})
+        report.append(OrgReconciliation(
+            org_id=org_id,
+            org_slug=slugs.get(org_id, str(org_id)),
+            ledger_rows=row.get("rows", 0),
+            ledger_cost=row.get("cost") or Decimal(0),
+            pending_rows=row.get("pending_rows", 0),
+            pending_cost=row.get("pending_cost") or Decimal(0),
+            clickhouse_rows=raw.get(org_id, (0, Decimal(0)))[0],
+            clickhouse_cost=raw.get(org_id, (0, Decimal(0)))[1],
+            rollup_cost=rollup.get(org_id, Decimal(0)),
+        ))
+    return report

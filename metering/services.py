@@ -9,8 +9,9 @@ from decimal import Decimal
 from asgiref.sync import sync_to_async
 from django.db import transaction
 
-from .models import UsageRecord
-from .pricing import quantize_money
+from . import costs
+from .metrics import observe_usage
+from .models import ChargebackMode, UsageRecord
 
 
 @dataclass
@@ -45,19 +46,58 @@ class UsageDraft:
     cost_output: Decimal = Decimal(0)
     cost_gpu: Decimal = Decimal(0)
     price_id: int | None = None
+    pool_rate_id: int | None = None
     cache_hit: bool = False
     downgraded: bool = False
+    # True when this attempt's answer was thrown away for a stronger model's (escalation cost).
+    discarded: bool = False
+    retry_attempt: int = 0
+    # Counterfactual: what a cache hit would have cost had it been generated (set by the cache).
+    savings_cache: Decimal = Decimal(0)
+    savings_tokens: Decimal = Decimal(0)
+    chargeback_mode: str = ChargebackMode.TOKENS
+    costs_final: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
+    def charge(self) -> costs.AttemptCharge:
+        return costs.charge_for_attempt(mode=self.chargeback_mode, status=self.status, discarded=self.discarded,
+                                        cost_input=self.cost_input, cost_output=self.cost_output,
+                                        cost_gpu=self.cost_gpu)
+
+    @property
     def cost_total(self) -> Decimal:
-        return quantize_money(self.cost_input + self.cost_output + self.cost_gpu)
+        """What the org is charged for this attempt (after finalize_costs: in its chargeback mode)."""
+        return self.charge.billed
+
+
+def finalize_costs(draft: UsageDraft) -> UsageDraft:
+    """Fill in what metering owns: GPU cost at the pool's rate, the org's chargeback mode, savings.
+
+    Serving sets the token costs and the facts (pool, engine-seconds, tokens
+    saved); this runs once (record_usage calls it; calling it earlier, to know
+    cost_total before writing, is fine).
+    """
+    if draft.costs_final:
+        return draft
+    if not draft.cost_gpu and draft.engine_seconds and draft.pool:
+        rate = costs.pool_cost(draft.pool, draft.created_at)
+        if rate is not None:
+            draft.cost_gpu = rate.cost_of_engine_seconds(draft.engine_seconds)
+            draft.pool_rate_id = rate.rate_id
+    draft.chargeback_mode = costs.chargeback_mode(draft.org_id)
+    if draft.tokens_saved and not draft.savings_tokens:
+        draft.savings_tokens = costs.savings_for_removed_tokens(draft.price_id, draft.tokens_saved)
+    draft.costs_final = True
+    return draft
 
 
 def record_usage(draft: UsageDraft) -> UsageRecord:
     """Write one ledger row durably. Shipping to ClickHouse happens later, from the outbox."""
+    finalize_costs(draft)
+    charge = draft.charge
     with transaction.atomic():
-        return UsageRecord.objects.create(
+        record = UsageRecord.objects.create(
             request_id=draft.request_id,
             trace_id=draft.trace_id,
             created_at=draft.created_at,
@@ -85,11 +125,23 @@ def record_usage(draft: UsageDraft) -> UsageRecord:
             cost_input=draft.cost_input,
             cost_output=draft.cost_output,
             cost_gpu=draft.cost_gpu,
-            cost_total=draft.cost_total,
+            cost_total=charge.billed,
+            chargeback_mode=draft.chargeback_mode,
+            cost_base=charge.base,
+            cost_retry=charge.retry,
+            cost_escalation=charge.escalation,
+            savings_cache=draft.savings_cache,
+            savings_tokens=draft.savings_tokens,
             price_id=draft.price_id,
+            pool_rate_id=draft.pool_rate_id,
             cache_hit=draft.cache_hit,
             downgraded=draft.downgraded,
+            discarded=draft.discarded,
+            retry_attempt=draft.retry_attempt,
         )
+        # Counters for /metrics move only once the row is durable.
+        transaction.on_commit(lambda: observe_usage(record))
+    return record
 
 
 arecord_usage = sync_to_async(record_usage)

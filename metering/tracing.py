@@ -36,6 +36,16 @@ def tenant_attributes(*, org_slug: str, org_id: int, feature: str, api_key_id: i
     return attrs
 
 
+def route_attributes(entry) -> dict:
+    """The routing decision: the catalog model chosen and the price in force."""
+    return {
+        "gen_ai.request.model": entry.name,
+        "tollgate.route.model": entry.name,
+        "tollgate.route.tier": entry.tier,
+        "tollgate.price_id": entry.price_id,
+    }
+
+
 def usage_attributes(draft: UsageDraft, *, response_id: str, finish_reason: str | None) -> dict:
     attrs = {
         "gen_ai.response.id": response_id,
@@ -47,6 +57,18 @@ def usage_attributes(draft: UsageDraft, *, response_id: str, finish_reason: str 
         "tollgate.cost.output": str(draft.cost_output),
         "tollgate.cost.gpu": str(draft.cost_gpu),
         "tollgate.cost.total": str(draft.cost_total),
+        "tollgate.cost.base": str(draft.charge.base),
+        "tollgate.cost.retry": str(draft.charge.retry),
+        "tollgate.cost.escalation": str(draft.charge.escalation),
+        "tollgate.savings.cache": str(draft.savings_cache),
+        "tollgate.savings.tokens": str(draft.savings_tokens),
+        "tollgate.tokens_saved": draft.tokens_saved,
+        "tollgate.chargeback_mode": draft.chargeback_mode,
+        "tollgate.retry_attempt": draft.retry_attempt,
+        "tollgate.escalation": draft.attempt_kind == "escalation",
+        "tollgate.discarded": draft.discarded,
+        "tollgate.pool": draft.pool,
+        "tollgate.downgraded": draft.downgraded,
         "tollgate.attempt_kind": draft.attempt_kind,
         "tollgate.status": draft.status,
         "tollgate.cache_hit": draft.cache_hit,

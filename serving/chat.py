@@ -16,6 +16,8 @@ from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection as db_connection
+from django.db import transaction
 from django.utils import timezone
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -24,12 +26,13 @@ from budgets import services as budgets
 from metering import pricing
 from metering.models import UsageRecord
 from metering.services import UsageDraft, record_usage
-from metering.tracing import request_attributes, tenant_attributes, tracer, usage_attributes
+from metering.tracing import request_attributes, route_attributes, tenant_attributes, tracer, usage_attributes
 from tenants import services as tenants
 
 from . import errors
-from .engines.base import ChatMessage, EngineError, GenerationRequest, GenerationResult, SamplingParams
+from .engines.base import ChatMessage, Engine, EngineError, GenerationRequest, GenerationResult, SamplingParams
 from .engines.registry import engine_for_model
+from .pools import PoolQueueFull, open_generation
 from .protocol import ChatCompletionRequest, parse_chat_completion, parse_json_body
 
 logger = logging.getLogger(__name__)
@@ -44,10 +47,11 @@ class PreparedChat:
     tenant: tenants.TenantContext
     body: ChatCompletionRequest
     entry: pricing.CatalogEntry
-    engine: object
+    engine: Engine
     generation: GenerationRequest
     prompt_tokens: int
     budgets: list[budgets.BudgetStatus] = field(default_factory=list)
+    reservation: budgets.Reservation | None = None
 
 
 @dataclass
@@ -68,19 +72,27 @@ def authenticate(authorization: str | None, feature: str | None) -> tenants.Tena
         raise errors.InvalidRequest(str(exc), param="X-Feature", code="unknown_feature")
 
 
-def prepare_chat(request_id: str, authorization: str | None, feature: str | None, raw_body: bytes) -> PreparedChat:
+def prepare_chat(request_id: str, authorization: str | None, feature: str | None, raw_body: bytes,
+                 quality: str | None = None) -> PreparedChat:
     """Everything before the first token, in one trip to a worker thread (it all touches the database)."""
     received_at = timezone.now()
-    tenant = authenticate(authorization, feature)
+    with tracer.start_as_current_span("auth", attributes={"tollgate.request_id": request_id}) as auth_span:
+        tenant = authenticate(authorization, feature)
+        auth_span.set_attributes(tenant_attributes(
+            org_slug=tenant.org_slug, org_id=tenant.org_id, feature=tenant.feature_slug,
+            api_key_id=tenant.api_key_id, user_id=tenant.user_id,
+        ))
     body = parse_chat_completion(parse_json_body(raw_body), max_tokens_limit=settings.TOLLGATE_MAX_TOKENS_LIMIT)
 
-    try:
-        entry = pricing.catalog_entry(body.model, received_at)
-    except pricing.UnknownModel as exc:
-        raise errors.ModelNotFound(str(exc), param="model")
-    engine = engine_for_model(entry.name)
-    if engine is None:
-        raise errors.ModelNotFound(f"The model `{entry.name}` is not being served right now.", param="model")
+    with tracer.start_as_current_span("route", attributes={"gen_ai.request.model": body.model}) as route_span:
+        try:
+            entry = pricing.catalog_entry(body.model, received_at)
+        except pricing.UnknownModel as exc:
+            raise errors.ModelNotFound(str(exc), param="model")
+        engine = engine_for_model(entry.name)
+        if engine is None:
+            raise errors.ModelNotFound(f"The model `{entry.name}` is not being served right now.", param="model")
+        route_span.set_attributes(route_attributes(entry))
 
     messages = tuple(ChatMessage(role=m.role, content=m.content) for m in body.messages)
     prompt_tokens = engine.count_prompt_tokens(entry.name, messages)
@@ -101,16 +113,26 @@ def prepare_chat(request_id: str, authorization: str | None, feature: str | None
         )
 
     try:
-        statuses = budgets.check_budgets(tenant.org_id, tenant.feature_id, received_at)
-    except budgets.BudgetExceeded as exc:
+        reservation = budgets.reserve_budget(
+            request_id, tenant.org_id, tenant.feature_id, tenant.api_key_id, tenant.user_id,
+            budgets.CostEstimate(entry, prompt_tokens, max_tokens), received_at,
+            quality_high=(quality or "").strip().lower() == "high",
+            downgrade=lambda cap: _downgrade_estimate(messages, max_tokens, cap, received_at),
+        )
+    except (budgets.BudgetExceeded, budgets.QualityUnavailable) as exc:
+        refusal = errors.BudgetExceeded if isinstance(exc, budgets.BudgetExceeded) else errors.QualityUnavailable
         record_usage(UsageDraft(
             request_id=request_id, org_id=tenant.org_id, created_at=received_at, model_requested=body.model,
             feature=tenant.feature_slug, api_key_id=tenant.api_key_id, user_id=tenant.user_id,
-            status=UsageRecord.Status.REFUSED, error_code="budget_exceeded", streamed=body.stream,
+            status=UsageRecord.Status.REFUSED, error_code=refusal.code, streamed=body.stream,
             input_tokens=0, price_id=entry.price_id,
         ))
         seconds = max(0, int((exc.status.period_end - timezone.now()).total_seconds()))
-        raise errors.BudgetExceeded(str(exc), headers={"Retry-After": str(seconds)})
+        raise refusal(str(exc), headers={"Retry-After": str(seconds)})
+    statuses = reservation.statuses
+    if reservation.downgraded:  # a budget past its downgrade threshold: the cheaper model and cap
+        entry, prompt_tokens = reservation.estimate.entry, reservation.estimate.prompt_tokens
+        max_tokens, engine = reservation.estimate.max_tokens, engine_for_model(reservation.estimate.entry.name)
 
     generation = GenerationRequest(
         request_id=request_id,
@@ -120,10 +142,40 @@ def prepare_chat(request_id: str, authorization: str | None, feature: str | None
                                 seed=body.seed, stop=body.stop),
     )
     return PreparedChat(request_id=request_id, received_at=received_at, tenant=tenant, body=body, entry=entry,
-                        engine=engine, generation=generation, prompt_tokens=prompt_tokens, budgets=statuses)
+                        engine=engine, generation=generation, prompt_tokens=prompt_tokens, budgets=statuses,
+                        reservation=reservation)
 
 
-aprepare_chat = sync_to_async(prepare_chat)
+def on_thread_pool(fn):
+    """``fn`` as a coroutine run on the thread pool, with its database connection handed back afterwards.
+
+    Django's default (thread-sensitive) ``sync_to_async`` runs every request's database work on one shared
+    thread, so concurrent requests queue behind each other's queries and commits. This request flow keeps
+    no thread-local state between its steps, so its steps may run on any pool thread at once.
+    """
+    def run_and_release(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            db_connection.close()  # back to the connection pool (PostgreSQL) or closed (SQLite)
+
+    return sync_to_async(run_and_release, thread_sensitive=False)
+
+
+aprepare_chat = on_thread_pool(prepare_chat)
+
+
+def _downgrade_estimate(messages, max_tokens: int, cap: int | None, at: datetime) -> budgets.CostEstimate | None:
+    """The request on the cheapest served model whose context fits it, with the budget's output cap."""
+    for candidate in budgets.downgrade_candidates(at):
+        engine = engine_for_model(candidate.name)
+        if engine is None:
+            continue
+        prompt_tokens = engine.count_prompt_tokens(candidate.name, messages)
+        room = candidate.context_window - prompt_tokens
+        if room >= 1:
+            return budgets.CostEstimate(candidate, prompt_tokens, min(max_tokens, cap or max_tokens, room))
+    return None
 
 
 def settle_chat(prepared: PreparedChat, result: GenerationResult | None, *, status: str, error_code: str = "",
@@ -139,7 +191,8 @@ def settle_chat(prepared: PreparedChat, result: GenerationResult | None, *, stat
         api_key_id=prepared.tenant.api_key_id,
         user_id=prepared.tenant.user_id,
         trace_id=trace_id,
-        pool="in-process",
+        pool=result.extra.get("pool", "") if result is not None else "",
+        replica=result.extra.get("replica", "") if result is not None else "",
         status=status,
         error_code=error_code,
         streamed=prepared.body.stream,
@@ -154,19 +207,32 @@ def settle_chat(prepared: PreparedChat, result: GenerationResult | None, *, stat
         draft.queue_wait_ms = float(result.extra.get("queue_wait_s", 0.0)) * 1000.0
         if result.time_to_first_token_s is not None:
             draft.ttft_ms = result.time_to_first_token_s * 1000.0
-        if status in (UsageRecord.Status.OK, UsageRecord.Status.CANCELLED):
+            if result.completion_tokens > 1:
+                draft.extra["tpot_ms"] = (draft.duration_ms - draft.ttft_ms) / (result.completion_tokens - 1)
+        if status != UsageRecord.Status.REFUSED:
+            # Failed attempts are priced too: metering records that as retry cost and bills nothing for it.
             cost = pricing.cost_of_tokens(prepared.entry, input_tokens=result.prompt_tokens,
                                           output_tokens=result.completion_tokens,
                                           cached_input_tokens=result.cached_prompt_tokens)
             draft.cost_input, draft.cost_output = cost.input, cost.output
-    record_usage(draft)
-    remaining = None
-    if prepared.budgets:
-        remaining = max(min(s.amount - s.spent for s in prepared.budgets) - draft.cost_total, Decimal(0))
+    draft.downgraded = bool(prepared.reservation and prepared.reservation.downgraded)
+    with transaction.atomic():  # the ledger row and the budget counters commit together
+        record = record_usage(draft)
+        room = budgets.settle_reservation(prepared.reservation, record.cost_total)
+    remaining = None if room is None else pricing.quantize_money(room)
     return draft, Settlement(cost=draft.cost_total, model=draft.model_served, budget_remaining=remaining)
 
 
-asettle_chat = sync_to_async(settle_chat)
+asettle_chat = on_thread_pool(settle_chat)
+
+
+def timing_attributes(draft: UsageDraft) -> dict:
+    """Span attributes for where the request's time went (the usage row holds the same numbers)."""
+    attrs = {"tollgate.replica": draft.replica, "tollgate.queue_wait_ms": draft.queue_wait_ms,
+             "tollgate.duration_ms": draft.duration_ms}
+    if "tpot_ms" in draft.extra:
+        attrs["tollgate.time_per_output_token_ms"] = draft.extra["tpot_ms"]
+    return attrs
 
 
 def _chunk(prepared: PreparedChat, created: int, *, delta: dict | None = None, finish_reason: str | None = None,
@@ -208,6 +274,7 @@ class ChatCall:
         self.started = time.perf_counter()
         self.created = int(prepared.received_at.timestamp())
         self.settlement: Settlement | None = None
+        self.stream = None
         self.engine_span = tracer.start_span(
             f"chat {prepared.entry.name}",
             kind=SpanKind.CLIENT,
@@ -222,20 +289,37 @@ class ChatCall:
             api_key_id=prepared.tenant.api_key_id, user_id=prepared.tenant.user_id,
         ))
 
-    def _start_stream(self):
+    async def start(self) -> None:
+        """Admit the request to its pool (429 + Retry-After when the queue is full) and open the engine stream."""
+        if self.stream is not None:
+            return
         try:
-            return self.prepared.engine.stream(self.prepared.generation)
+            self.stream = await open_generation(self.prepared.engine, self.prepared.generation)
+        except PoolQueueFull as exc:
+            await budgets.arelease_reservation(self.prepared.reservation)  # nothing was spent
+            self.engine_span.set_status(Status(StatusCode.ERROR, "queue_full"))
+            self.engine_span.end()
+            raise errors.QueueFull(str(exc), headers={"Retry-After": str(exc.retry_after_s)})
         except EngineError as exc:
+            await budgets.arelease_reservation(self.prepared.reservation)
+            self.engine_span.end()
             raise errors.EngineUnavailable(f"The model `{self.prepared.entry.name}` is unavailable: {exc}")
+
+    async def _start_stream(self):
+        await self.start()
+        return self.stream
 
     async def _settle(self, result: GenerationResult | None, status: str, error_code: str = "") -> Settlement:
         trace_id = format(self.server_span.get_span_context().trace_id, "032x")
-        draft, settlement = await asettle_chat(
-            self.prepared, result, status=status, error_code=error_code,
-            duration_s=time.perf_counter() - self.started, trace_id=trace_id,
-        )
-        attrs = usage_attributes(draft, response_id=completion_id(self.prepared.request_id),
-                                 finish_reason=result.finish_reason if result else None)
+        with tracer.start_as_current_span("settle", context=trace.set_span_in_context(self.server_span)) as span:
+            draft, settlement = await asettle_chat(
+                self.prepared, result, status=status, error_code=error_code,
+                duration_s=time.perf_counter() - self.started, trace_id=trace_id,
+            )
+            attrs = usage_attributes(draft, response_id=completion_id(self.prepared.request_id),
+                                     finish_reason=result.finish_reason if result else None)
+            span.set_attributes(attrs)
+        attrs.update(timing_attributes(draft))
         self.engine_span.set_attributes(attrs)
         self.server_span.set_attributes(attrs)
         if status == UsageRecord.Status.ERROR:
@@ -246,7 +330,7 @@ class ChatCall:
 
     async def complete(self) -> dict:
         """Generate the whole answer, settle, and return the response body."""
-        stream = self._start_stream()
+        stream = await self._start_stream()
         parts: list[str] = []
         try:
             async for delta in stream:
@@ -287,7 +371,7 @@ class ChatCall:
         client disconnects (then the tokens produced so far are billed).
         """
         prepared = self.prepared
-        stream = self._start_stream()
+        stream = await self._start_stream()
         settled = False
         try:
             yield _chunk(prepared, self.created, delta={"role": "assistant", "content": ""})

@@ -71,6 +71,22 @@ class BudgetExceeded(OpenAIError):
     code = "budget_exceeded"
 
 
+class QualityUnavailable(OpenAIError):
+    """`X-Quality: high` on a request whose budget is past its downgrade threshold."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_downgraded"
+
+
+class QueueFull(OpenAIError):
+    """The pool's admission queue is full; sent with Retry-After."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
 class EngineUnavailable(OpenAIError):
     status = 503
     type = "server_error"

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from metering import pricing
@@ -18,6 +19,7 @@ from metering.tracing import tracer
 
 from . import errors
 from .chat import ChatCall, Settlement, aprepare_chat, authenticate
+from .embeddings import aprepare_embeddings, create_embeddings, embedding_attributes
 from .engines.registry import served_model_names
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,11 @@ def _settlement_headers(response, settlement: Settlement | None) -> None:
         response["X-Tollgate-Budget-Remaining"] = str(settlement.budget_remaining)
 
 
+def _downgrade_header(response, prepared) -> None:
+    if prepared.reservation is not None and prepared.reservation.downgraded:
+        response["X-Tollgate-Downgraded"] = prepared.reservation.downgrade_header
+
+
 def _sse(payload: dict) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -67,16 +74,21 @@ async def chat_completions(request: HttpRequest):
                              attributes={"http.request.method": "POST", "url.path": request.path,
                                          "tollgate.request_id": request_id})
     try:
-        prepared = await aprepare_chat(
-            request_id, request.headers.get("Authorization"), request.headers.get("X-Feature"), _read_body(request)
-        )
+        # The server span is current here, so the auth and route spans are its children.
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            prepared = await aprepare_chat(
+                request_id, request.headers.get("Authorization"), request.headers.get("X-Feature"),
+                _read_body(request), quality=request.headers.get("X-Quality"),
+            )
         call = ChatCall(prepared, span)
+        await call.start()  # pool admission: a full queue is a 429 before any byte is sent
         if prepared.body.stream:
             response = StreamingHttpResponse(_stream(call, span), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             response["X-Request-Id"] = request_id
             response["X-Tollgate-Model"] = prepared.entry.name
+            _downgrade_header(response, prepared)
             return response
         body = await call.complete()
     except errors.OpenAIError as exc:
@@ -94,6 +106,7 @@ async def chat_completions(request: HttpRequest):
     response = JsonResponse(body)
     response["X-Request-Id"] = request_id
     _settlement_headers(response, call.settlement)
+    _downgrade_header(response, prepared)
     span.set_attribute("http.response.status_code", 200)
     span.end()
     return response
@@ -147,6 +160,33 @@ async def models(request: HttpRequest, model_id: str | None = None):
     except errors.OpenAIError as exc:
         return errors.error_response(exc, request_id)
     response["X-Request-Id"] = request_id
+    return response
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest):
+    request_id = new_request_id()
+    if request.method != "POST":
+        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/embeddings."), request_id)
+    span = tracer.start_span("POST /v1/embeddings", kind=SpanKind.SERVER,
+                             attributes={"http.request.method": "POST", "url.path": request.path,
+                                         "tollgate.request_id": request_id, "gen_ai.operation.name": "embeddings"})
+    try:
+        prepared = await aprepare_embeddings(request_id, request.headers.get("Authorization"),
+                                             request.headers.get("X-Feature"), _read_body(request))
+        body, draft = await create_embeddings(prepared)
+    except errors.OpenAIError as exc:
+        span.set_attribute("http.response.status_code", exc.status)
+        span.set_attribute("error.type", exc.code or exc.type)
+        span.end()
+        return errors.error_response(exc, request_id)
+    span.set_attributes(embedding_attributes(draft))
+    span.set_attribute("http.response.status_code", 200)
+    span.end()
+    response = JsonResponse(body)
+    response["X-Request-Id"] = request_id
+    response["X-Tollgate-Model"] = draft.model_served
+    response["X-Tollgate-Cost"] = str(draft.cost_total)
     return response
 
 

@@ -1,6 +1,9 @@
 from django.contrib import admin, messages
+from django.db import models
 from django.utils import timezone
 from django.utils.html import format_html
+
+from budgets.admin import BudgetInline
 
 from . import services
 from .models import ApiKey, Feature, Membership, Organization
@@ -22,7 +25,8 @@ class OrganizationAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "timezone", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [FeatureInline, MembershipInline]
+    inlines = [FeatureInline, MembershipInline, BudgetInline]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(Feature)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import zoneinfo
 
 from django.conf import settings
@@ -23,12 +24,34 @@ class Organization(models.Model):
     # Used only for budget period boundaries and display; everything is stored in UTC.
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
     created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    # Where budget alerts go (budgets.delivery). Managers with an email address always get them.
+    alert_emails = models.CharField(
+        max_length=1000, blank=True, help_text="Extra addresses for budget alerts, separated by commas.",
+    )
+    alert_webhook_url = models.URLField(
+        max_length=500, blank=True, help_text="Budget alerts are POSTed here as JSON, signed with the secret below.",
+    )
+    alert_webhook_secret = models.CharField(
+        max_length=100, blank=True,
+        help_text="Shared secret for the X-Tollgate-Signature HMAC. Generated when a webhook URL is first set.",
+    )
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs):
+        if self.alert_webhook_url and not self.alert_webhook_secret:
+            self.alert_webhook_secret = generate_webhook_secret()
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], "alert_webhook_secret"}
+        super().save(*args, **kwargs)
+
+
+def generate_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 class Membership(models.Model):

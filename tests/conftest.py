@@ -70,7 +70,7 @@ def _close_other_connections():
 
 @pytest.fixture
 def catalog(db):
-    """The three CPU-engine models with prices effective since last year."""
+    """The three CPU-engine models and the embedding model, with prices effective since last year."""
     from metering.models import CatalogModel, Price
 
     since = __import__("django.utils.timezone", fromlist=["now"]).now() - timedelta(days=365)
@@ -85,6 +85,11 @@ def catalog(db):
         Price.objects.create(model=model, effective_from=since, input_per_mtok=Decimal(p_in),
                              cached_input_per_mtok=Decimal(p_cached), output_per_mtok=Decimal(p_out))
         models[name] = model
+    # The embedding model, billed per input token (no output tokens).
+    model = CatalogModel.objects.create(name="all-minilm-l6-v2", tier=1, context_window=256)
+    Price.objects.create(model=model, effective_from=since, input_per_mtok=Decimal("0.02"),
+                         cached_input_per_mtok=Decimal("0.02"), output_per_mtok=Decimal("0"))
+    models[model.name] = model
     return models
 
 

@@ -26,6 +26,11 @@ if settings.TOLLGATE_INPROCESS_SHIPPER:
 if settings.TOLLGATE_SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-    application = ASGIStaticFilesHandler(django_application)
+    site_application = ASGIStaticFilesHandler(django_application)
 else:
-    application = django_application
+    site_application = django_application
+
+# /v1 (the OpenAI API) skips the browser middleware: see serving/asgi.py.
+from serving.asgi import GatewayASGIHandler, route_gateway_requests  # noqa: E402
+
+application = route_gateway_requests(GatewayASGIHandler(), site_application)

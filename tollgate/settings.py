@@ -87,17 +87,23 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'tollgate.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
-        conn_health_checks=True,
-    )
-}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+# Under ASGI every request runs its database work on a fresh thread, so
+# Django's persistent connections would leak one connection per thread.
+# PostgreSQL uses psycopg's connection pool instead (Django >= 5.1).
+DATABASES = {"default": dj_database_url.parse(env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'tollgate.sqlite3'}"))}
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2),
+        "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
+        "timeout": 10,
+    }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The gateway writes from several threads; wait for the lock rather than fail.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Transactions take the write lock when they begin, so a read-then-write
+    # transaction (budget reservations) waits instead of failing on upgrade.
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", "")
@@ -132,7 +138,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # httpx logs every request at INFO: one line per engine call and health probe on the hot path.
+        "httpx": {"level": "WARNING"},
+    },
 }
 
 REST_FRAMEWORK = {
@@ -162,6 +172,11 @@ TOLLGATE_SPANS_TO_CLICKHOUSE = env_bool("TOLLGATE_SPANS_TO_CLICKHOUSE", True)
 TOLLGATE_INPROCESS_SHIPPER = env_bool("TOLLGATE_INPROCESS_SHIPPER", not _celery_broker)
 TOLLGATE_SHIP_INTERVAL_S = float(env("TOLLGATE_SHIP_INTERVAL_S", "2"))
 TOLLGATE_SHIP_BATCH_SIZE = env_int("TOLLGATE_SHIP_BATCH_SIZE", 5000)
+# A claimed outbox batch not marked shipped after this many seconds (its
+# shipper crashed) is re-sent, same rows, same dedup token.
+TOLLGATE_SHIP_LEASE_S = float(env("TOLLGATE_SHIP_LEASE_S", "60"))
+# If set, /metrics requires `Authorization: Bearer <token>`.
+TOLLGATE_METRICS_TOKEN = env("TOLLGATE_METRICS_TOKEN", "")
 
 # --- Gateway ----------------------------------------------------------------
 # Largest request body accepted by /v1 (bytes) and the default output cap
@@ -169,11 +184,51 @@ TOLLGATE_SHIP_BATCH_SIZE = env_int("TOLLGATE_SHIP_BATCH_SIZE", 5000)
 TOLLGATE_MAX_REQUEST_BYTES = env_int("TOLLGATE_MAX_REQUEST_BYTES", 1_048_576)
 TOLLGATE_DEFAULT_MAX_TOKENS = env_int("TOLLGATE_DEFAULT_MAX_TOKENS", 64)
 TOLLGATE_MAX_TOKENS_LIMIT = env_int("TOLLGATE_MAX_TOKENS_LIMIT", 1024)
-# Which engine serves the catalog: "cpu" runs the CPU engine in this process.
+# Which engine serves models without a deployment: "cpu" runs the CPU engine in this process, "none" none.
 TOLLGATE_ENGINE = env("TOLLGATE_ENGINE", "cpu")
 TOLLGATE_CPU_MAX_NUM_SEQS = env_int("TOLLGATE_CPU_MAX_NUM_SEQS", 32)
 TOLLGATE_CPU_MAX_NUM_BATCHED_TOKENS = env_int("TOLLGATE_CPU_MAX_NUM_BATCHED_TOKENS", 4096)
+TOLLGATE_CPU_PREFIX_CACHING = env_bool("TOLLGATE_CPU_PREFIX_CACHING", True)
+TOLLGATE_CPU_PREFIX_CACHE_BLOCKS = env_int("TOLLGATE_CPU_PREFIX_CACHE_BLOCKS", 1024)
+# Pools (serving.models; docs/configuration.md): admission, replica choice, health, remote workers.
+TOLLGATE_POOL_MAX_QUEUE = env_int("TOLLGATE_POOL_MAX_QUEUE", 256)
+TOLLGATE_POOL_CONFIG_TTL_S = float(env("TOLLGATE_POOL_CONFIG_TTL_S", "5"))
+TOLLGATE_PREFIX_AFFINITY_CHARS = env_int("TOLLGATE_PREFIX_AFFINITY_CHARS", 256)
+TOLLGATE_PREFIX_AFFINITY_SLACK = env_int("TOLLGATE_PREFIX_AFFINITY_SLACK", 4)
+TOLLGATE_HEALTH_CHECK_INTERVAL_S = float(env("TOLLGATE_HEALTH_CHECK_INTERVAL_S", "2"))
+TOLLGATE_ENGINE_CONNECT_TIMEOUT_S = float(env("TOLLGATE_ENGINE_CONNECT_TIMEOUT_S", "2"))
+TOLLGATE_ENGINE_READ_TIMEOUT_S = float(env("TOLLGATE_ENGINE_READ_TIMEOUT_S", "120"))
+# Embeddings: all-MiniLM-L6-v2 in this process unless a deployment puts it on a worker.
+TOLLGATE_EMBEDDINGS_IN_PROCESS = env_bool("TOLLGATE_EMBEDDINGS_IN_PROCESS", True)
+TOLLGATE_EMBEDDING_MAX_BATCH = env_int("TOLLGATE_EMBEDDING_MAX_BATCH", 64)
+TOLLGATE_EMBEDDING_MAX_WAIT_MS = float(env("TOLLGATE_EMBEDDING_MAX_WAIT_MS", "2"))
 # Cost of a request whose price is unknown is never zero: requests to a model
 # with no price row are refused. Prices are Decimal per 1M tokens.
 TOLLGATE_CURRENCY = "USD"
 MONEY_QUANTUM = Decimal("0.000000001")
+
+# --- Budgets and alerts -------------------------------------------------------
+# A reservation whose request never settled (its process died) is released after this many seconds.
+TOLLGATE_RESERVATION_TTL_S = float(env("TOLLGATE_RESERVATION_TTL_S", "900"))
+# Forecasts: the spend rate of the last LOOKBACK seconds (divided by at least MIN_LOOKBACK),
+# checked at most every CHECK_INTERVAL seconds per budget.
+TOLLGATE_FORECAST_LOOKBACK_S = float(env("TOLLGATE_FORECAST_LOOKBACK_S", "3600"))
+TOLLGATE_FORECAST_MIN_LOOKBACK_S = float(env("TOLLGATE_FORECAST_MIN_LOOKBACK_S", "600"))
+TOLLGATE_FORECAST_CHECK_INTERVAL_S = float(env("TOLLGATE_FORECAST_CHECK_INTERVAL_S", "300"))
+# Alert delivery: retries after the first try, backoff base (doubles each retry), webhook timeout.
+TOLLGATE_ALERT_MAX_RETRIES = env_int("TOLLGATE_ALERT_MAX_RETRIES", 3)
+TOLLGATE_ALERT_RETRY_BACKOFF_S = float(env("TOLLGATE_ALERT_RETRY_BACKOFF_S", "30"))
+TOLLGATE_ALERT_WEBHOOK_TIMEOUT_S = float(env("TOLLGATE_ALERT_WEBHOOK_TIMEOUT_S", "5"))
+CELERY_BEAT_SCHEDULE["budget-forecasts"] = {"task": "budgets.tasks.check_forecasts",
+                                            "schedule": TOLLGATE_FORECAST_CHECK_INTERVAL_S}
+CELERY_BEAT_SCHEDULE["budget-stale-reservations"] = {"task": "budgets.tasks.release_stale_reservations",
+                                                     "schedule": 60.0}
+# Alert email. Without EMAIL_HOST alerts are printed to the console (embedded default).
+EMAIL_HOST = env("EMAIL_HOST", "")
+EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
+                    else "django.core.mail.backends.console.EmailBackend")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "tollgate@localhost")

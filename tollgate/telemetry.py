@@ -17,26 +17,32 @@ _configured = False
 _lock = threading.Lock()
 
 
+def build_tracer_provider() -> TracerProvider:
+    """A provider exporting through the SDK's BatchSpanProcessor to ClickHouse and, if configured, OTLP."""
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}))
+    if settings.TOLLGATE_SPANS_TO_CLICKHOUSE:
+        from metering.spans import ClickHouseSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(ClickHouseSpanExporter()))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            logger.warning("OTEL_EXPORTER_OTLP_* is set but the `otlp` extra "
+                           "(opentelemetry-exporter-otlp-proto-http) is not installed")
+        else:
+            # The exporter reads the standard OTEL_EXPORTER_OTLP_* variables itself.
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
 def configure_tracing() -> None:
     """Install the global tracer provider once. Management commands never call this."""
     global _configured
     with _lock:
         if _configured:
             return
-        provider = TracerProvider(resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}))
-        if settings.TOLLGATE_SPANS_TO_CLICKHOUSE:
-            from metering.spans import ClickHouseSpanExporter
-
-            provider.add_span_processor(BatchSpanProcessor(ClickHouseSpanExporter()))
-        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-            try:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            except ImportError:
-                logger.warning("OTEL_EXPORTER_OTLP_* is set but opentelemetry-exporter-otlp-proto-http is not installed")
-            else:
-                # The exporter reads the standard OTEL_EXPORTER_OTLP_* variables itself.
-                provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        trace.set_tracer_provider(provider)
+        trace.set_tracer_provider(build_tracer_provider())
         _configured = True
 
 

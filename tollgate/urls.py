@@ -4,14 +4,19 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
+from metering import views as metering_views
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="dashboards:index", permanent=False)),
     path("v1/", include("serving.urls")),
     path("dashboards/", include("dashboards.urls")),
+    path("budgets/", include("budgets.urls")),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/usage/", include("metering.urls")),
+    path("metrics", metering_views.metrics, name="metrics"),
 ]
 
 admin.site.site_header = "Tollgate administration"

@@ -51,6 +51,8 @@ class GenerationRequest:
     model: str
     messages: tuple[ChatMessage, ...]
     sampling: SamplingParams
+    # Set for /v1/completions: a raw prompt, used instead of the chat template.
+    prompt: str | None = None
 
 
 @dataclass

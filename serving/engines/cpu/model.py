@@ -10,6 +10,8 @@ drives:
 * ``prefill(tokens, lengths, start_slot)``: right-padded prompts, one per new
   sequence, written into consecutive cache slots; returns logits at each
   prompt's last token.
+* ``prefill_after_prefix(tokens, starts, lengths, start_slot)``: the same for
+  prompts whose first ``starts[b]`` positions come from the prefix cache.
 * ``decode(tokens, positions)``: one token for each of the first ``B`` slots
   (slot i holds running sequence i); keys beyond a sequence's own length are
   masked out, so sequences of different lengths share one batched step.
@@ -230,6 +232,54 @@ class LlamaModel:
             self.k_cache[li, slots, :, :T] = k
             self.v_cache[li, slots, :, :T] = v
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+            x = x + F.linear(a.transpose(1, 2).reshape(B, T, c.dim), wo)
+            h = _rms_norm(x, mlp_norm, c.norm_eps)
+            gate, up = F.linear(h, w13).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w2)
+        last = x[self._arange(B), lengths - 1]  # (B, D)
+        return self._lm_head(_rms_norm(last, self.final_norm, c.norm_eps))
+
+    def write_prefix(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Put a cached prompt prefix (layers, heads, length, head_dim) at positions 0.. of ``slot``."""
+        n = keys.shape[2]
+        self.k_cache[:, slot, :, :n] = keys
+        self.v_cache[:, slot, :, :n] = values
+
+    def read_prefix(self, slot: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of positions start..end-1 of ``slot``'s cache (layers, heads, end-start, head_dim)."""
+        return (self.k_cache[:, slot, :, start:end].clone(), self.v_cache[:, slot, :, start:end].clone())
+
+    def prefill_after_prefix(self, tokens: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor,
+                             start_slot: int) -> torch.Tensor:
+        """Prefill the uncached rest of each prompt; positions 0..starts[b]-1 of its slot already hold the prefix.
+
+        ``tokens`` (B, T) right-padded, row b holding ``lengths[b]`` new tokens at
+        positions starts[b]...; returns logits at each prompt's last token. The
+        caller has written each cached prefix into its slot (``write_prefix``).
+        """
+        c = self.config
+        B, T = tokens.shape
+        H, hd = c.n_heads, c.head_dim
+        positions = starts.view(B, 1) + self._arange(T).view(1, T)  # (B, T)
+        total = int(positions.max()) + 1
+        self.ensure_cache(start_slot + B, total)
+        slot_rows = torch.arange(start_slot, start_slot + B).view(B, 1)
+        cos = self.rope_cos[positions].view(B, 1, T, hd)
+        sin = self.rope_sin[positions].view(B, 1, T, hd)
+        # Query t of row b sees keys 0..starts[b]+t (its cached prefix and its own prompt so far).
+        mask = (self._arange(total).view(1, 1, total) <= positions.view(B, T, 1)).view(B, 1, T, total)
+        x = F.embedding(tokens, self.embed)  # (B, T, D)
+        slots = slice(start_slot, start_slot + B)
+        for li, (attn_norm, wqkv, wo, mlp_norm, w13, w2) in enumerate(self.layers):
+            h = _rms_norm(x, attn_norm, c.norm_eps)
+            qkv = F.linear(h, wqkv).view(B, T, 3 * H, hd).transpose(1, 2)  # (B, 3H, T, hd)
+            qk = self._rope(qkv[:, : 2 * H], cos, sin)
+            q, k = qk[:, :H], qk[:, H:]
+            v = qkv[:, 2 * H :]
+            kc, vc = self.k_cache[li], self.v_cache[li]  # (slots, H, cap, hd)
+            kc[slot_rows, :, positions] = k.transpose(1, 2)  # (B, T, H, hd)
+            vc[slot_rows, :, positions] = v.transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, kc[slots, :, :total], vc[slots, :, :total], attn_mask=mask)
             x = x + F.linear(a.transpose(1, 2).reshape(B, T, c.dim), wo)
             h = _rms_norm(x, mlp_norm, c.norm_eps)
             gate, up = F.linear(h, w13).chunk(2, dim=-1)

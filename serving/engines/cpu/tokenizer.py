@@ -80,6 +80,10 @@ class ChatTokenizer:
         ids.extend(self._assistant_ids)
         return ids
 
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a raw completion prompt (no chat template): [CLS] then the text."""
+        return [CLS_ID, *self.encode_text(prompt)]
+
     # --------------------------------------------------------------- decode
     def decode(self, ids: Iterable[int]) -> str:
         """The library's full decode (special tokens skipped)."""

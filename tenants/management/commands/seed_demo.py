@@ -29,6 +29,7 @@ CATALOG = [
      "0.10", "0.01", "0.40"),
     ("tollgate-small", 2, "Summaries and everyday chat", "0.50", "0.05", "1.50"),
     ("tollgate-large", 3, "Hard reasoning; use when the smaller models fail", "3.00", "0.30", "15.00"),
+    ("all-minilm-l6-v2", 1, "Sentence embeddings (384 dimensions) for /v1/embeddings", "0.02", "0.02", "0"),
 ]
 ORGS = [
     ("acme", "Acme Corp", "America/New_York", ["support-bot", "doc-summarizer", "code-review"], "alice"),

@@ -1,0 +1,230 @@
+"""Benchmark: what the gateway adds, against the same instant upstream, direct and through LiteLLM.
+
+Starts, on free 127.0.0.1 ports:
+
+* ``bench/instant_upstream.py`` (answers a fixed chat completion at once),
+* Tollgate (``manage.py serve``, 1 process) with the model ``bench-echo``
+  deployed in the interactive pool on that upstream, with key auth, a block
+  budget on the org (so every request reserves and settles), the usage
+  ledger, usage shipping to ClickHouse and OpenTelemetry spans all on,
+* LiteLLM's proxy (``--litellm PATH``, installed in its own virtualenv: ``python -m
+  venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'``) with a
+  master key, no database, routing ``bench-echo`` to the same upstream,
+
+then, for each concurrency level, runs a closed loop of N non-streaming chat
+completions (after a warm-up) against each path in turn, and prints p50/p99
+latency and requests/s. "Added p50" is a path's p50 minus the direct p50 in
+the same level.
+
+    .venv/bin/python bench/gateway_overhead.py --litellm /tmp/litellm-venv/bin/litellm
+
+Tollgate needs PostgreSQL and Redis (``--database-url``, ``--redis-url``); it
+uses a database of its own (created and migrated here) and embedded
+ClickHouse in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "bench-echo"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi to the benchmark."}], "max_tokens": 16}
+MASTER_KEY = "sk-bench-master"
+
+SETUP = """
+from datetime import timedelta
+from decimal import Decimal
+from django.utils import timezone
+from budgets.models import Budget
+from metering.models import CatalogModel, Price
+from serving.models import Deployment, Pool, Replica
+from tenants.models import Feature, Organization
+from tenants.services import issue_api_key
+
+model, _ = CatalogModel.objects.get_or_create(name="{model}", defaults={{"tier": 1, "context_window": 2048}})
+if not model.prices.exists():
+    Price.objects.create(model=model, effective_from=timezone.now() - timedelta(days=1),
+                         input_per_mtok=Decimal("0.10"), cached_input_per_mtok=Decimal("0.01"),
+                         output_per_mtok=Decimal("0.40"))
+pool, _ = Pool.objects.get_or_create(name="interactive", defaults={{"max_in_flight_per_replica": 256,
+                                                                    "max_queue": 1024}})
+Deployment.objects.filter(model="{model}").delete()
+deployment = Deployment.objects.create(model="{model}", pool=pool)
+Replica.objects.create(deployment=deployment, url="{upstream}")
+org, _ = Organization.objects.get_or_create(slug="bench", defaults={{"name": "Bench"}})
+feature, _ = Feature.objects.get_or_create(organization=org, slug="bench")
+Budget.objects.get_or_create(organization=org, feature=None, defaults={{"amount": Decimal("1000000")}})
+print("KEY=" + issue_api_key(org, "bench key", default_feature=feature).plaintext)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120.0, headers: dict | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2, headers=headers).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def prepare_database(database_url: str, env: dict, upstream: str) -> str:
+    import psycopg
+
+    base, name = database_url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP.format(model=MODEL, upstream=upstream)],
+                         cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    return next(line[4:] for line in out.splitlines() if line.startswith("KEY="))
+
+
+async def closed_loop(url: str, headers: dict, n: int, concurrency: int) -> dict:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    errors = 0
+    remaining = n
+    async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
+        async def worker():
+            nonlocal remaining, errors
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                try:
+                    response = await client.post(url, json=BODY)
+                    errors += response.status_code != 200
+                except httpx.HTTPError:  # a dropped connection counts as an error, not a crash
+                    errors += 1
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    latencies.sort()
+    return {"rps": n / wall, "p50": latencies[len(latencies) // 2] * 1000,
+            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, "errors": errors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--levels", default="1,16,64")
+    ap.add_argument("--litellm", default="", help="path to the litellm executable (own virtualenv)")
+    ap.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/tollgate_bench_gateway")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
+    args = ap.parse_args()
+
+    procs: list[subprocess.Popen] = []
+    tmp = tempfile.mkdtemp(prefix="tollgate-bench-")
+    try:
+        up_port = free_port()
+        upstream = f"http://127.0.0.1:{up_port}"
+        procs.append(subprocess.Popen([sys.executable, "bench/instant_upstream.py", "--port", str(up_port)], cwd=ROOT))
+        wait_until_up(f"{upstream}/health", procs[-1])
+
+        env = dict(os.environ, DATABASE_URL=args.database_url, REDIS_URL=args.redis_url,
+                   CLICKHOUSE_DSN=f"chdb:///{tmp}/ch", TOLLGATE_VAR_DIR=f"{tmp}/var", TOLLGATE_ENGINE="none",
+                   TOLLGATE_EMBEDDINGS_IN_PROCESS="false", TOLLGATE_INPROCESS_SHIPPER="true",
+                   UVICORN_LOG_LEVEL="warning", DEBUG="false")
+        env.pop("CELERY_BROKER_URL", None)
+        key = prepare_database(args.database_url, env, upstream)
+        gw_port = free_port()
+        gateway = f"http://127.0.0.1:{gw_port}"
+        procs.append(subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(gw_port)], cwd=ROOT,
+                                      env=env, stdout=subprocess.DEVNULL))
+        wait_until_up(f"{gateway}/v1/models", procs[-1])
+
+        paths = {
+            "upstream direct": (f"{upstream}/v1/chat/completions", {}),
+            "Tollgate gateway (auth, budget, ledger, spans)": (f"{gateway}/v1/chat/completions",
+                                                               {"Authorization": f"Bearer {key}"}),
+        }
+        if args.litellm:
+            ll_port = free_port()
+            config = Path(tmp) / "litellm.yaml"
+            config.write_text(
+                "model_list:\n"
+                f"  - model_name: {MODEL}\n"
+                "    litellm_params:\n"
+                f"      model: openai/{MODEL}\n"
+                f"      api_base: {upstream}/v1\n"
+                "      api_key: unused\n"
+                "general_settings:\n"
+                f"  master_key: {MASTER_KEY}\n"
+            )
+            ll_env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS"))}
+            procs.append(subprocess.Popen([args.litellm, "--config", str(config), "--port", str(ll_port),
+                                           "--num_workers", "1"], env=ll_env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            wait_until_up(f"http://127.0.0.1:{ll_port}/health/liveliness", procs[-1])
+            paths["LiteLLM proxy (1 worker, master key, no database)"] = (
+                f"http://127.0.0.1:{ll_port}/v1/chat/completions", {"Authorization": f"Bearer {MASTER_KEY}"})
+
+        # The gateway must really answer before anything is timed.
+        check = httpx.post(paths["Tollgate gateway (auth, budget, ledger, spans)"][0], json=BODY, timeout=30,
+                           headers={"Authorization": f"Bearer {key}"})
+        check.raise_for_status()
+
+        results: dict[tuple[str, int], dict] = {}
+        for c in (int(x) for x in args.levels.split(",")):
+            for name, (url, headers) in paths.items():
+                asyncio.run(closed_loop(url, headers, args.warmup, c))
+                results[(name, c)] = r = asyncio.run(closed_loop(url, headers, args.requests, c))
+                print(f"c={c} {name}: {r['rps']:.0f} rps, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "
+                      f"errors {r['errors']}", file=sys.stderr)
+
+        levels = sorted({c for _, c in results})
+        print(f"\n{args.requests} requests per path and level after {args.warmup} warm-up, cpus={os.cpu_count()}\n")
+        print("| path | concurrency | requests/s | p50 ms | p99 ms | added p50 ms | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for c in levels:
+            direct = results[("upstream direct", c)]["p50"]
+            for name in paths:
+                r = results[(name, c)]
+                added = "–" if name == "upstream direct" else f"{r['p50'] - direct:.2f}"
+                print(f"| {name} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {added} | {r['errors']} |")
+        if args.litellm:
+            ll = "LiteLLM proxy (1 worker, master key, no database)"
+            gw = "Tollgate gateway (auth, budget, ledger, spans)"
+            for c in levels:
+                ratio = results[(gw, c)]["rps"] / results[(ll, c)]["rps"]
+                added_gw = results[(gw, c)]["p50"] - results[("upstream direct", c)]["p50"]
+                added_ll = results[(ll, c)]["p50"] - results[("upstream direct", c)]["p50"]
+                print(f"\nc={c}: Tollgate/LiteLLM requests/s = {ratio:.2f}x; added p50 Tollgate {added_gw:.2f} ms "
+                      f"vs LiteLLM {added_ll:.2f} ms ({added_gw / added_ll:.2f} of LiteLLM's)")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()

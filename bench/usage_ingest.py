@@ -1,0 +1,165 @@
+"""Benchmark: usage events shipped into embedded ClickHouse (chDB) per second.
+
+Rows are shaped exactly as the outbox shipper sends them (metering.shipping
+columns, Decimal money, UUIDv7 ids). Variants, all in one run, each into a
+fresh copy of the schema in one chDB folder:
+
+* ``shipper insert``: batches of --batch rows with the shipper's settings
+  (insert deduplication token + dedup through the hourly rollup view);
+* ``raw table only``: the same batches into a usage_events table with no
+  rollup view and no token (the floor the rollup and dedup cost is measured
+  against);
+* ``small batches``: the shipper insert with batches of 100 rows;
+* ``outbox end to end`` (with --database-url): ledger rows in PostgreSQL
+  claimed, read, inserted and marked by ``ship_pending_usage`` itself.
+
+    .venv/bin/python bench/usage_ingest.py [--events 200000] [--batch 5000] \
+        [--database-url postgres://postgres@127.0.0.1:5432/tollgate_bench]
+
+Prints a markdown table of events/s (median of --repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def synthetic_rows(n: int, seed: int = 7) -> list[list]:
+    import uuid6
+
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc)
+    models = ["tollgate-mini", "tollgate-small", "tollgate-large"]
+    rows = []
+    for i in range(n):
+        inp, out = rng.randint(20, 2000), rng.randint(1, 500)
+        cost_in = (Decimal(inp) * Decimal("0.10") / 1_000_000).quantize(Decimal("0.000000001"))
+        cost_out = (Decimal(out) * Decimal("0.40") / 1_000_000).quantize(Decimal("0.000000001"))
+        total = cost_in + cost_out
+        rows.append([
+            uuid6.uuid7(), uuid.uuid4().hex, "", now - timedelta(seconds=rng.randint(0, 86400)), rng.randint(1, 200),
+            "org", rng.choice(["chat", "search", "summarise"]), rng.randint(1, 1000), 0, "chat.completions",
+            rng.choice(models), rng.choice(models), "interactive", "r1", "primary", "ok", "", False, inp, 0, out, 0,
+            1.0, 20.0, 300.0, 0.3, cost_in, cost_out, Decimal(0), total, False, False, "tokens", total, Decimal(0),
+            Decimal(0), Decimal(0), Decimal(0), False, 0,
+        ])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+
+    folder = tempfile.mkdtemp(prefix="tollgate-bench-ingest-")
+    os.environ["CLICKHOUSE_DSN"] = f"chdb:///{folder}/ch"
+    os.environ["TOLLGATE_VAR_DIR"] = folder
+    os.environ["TOLLGATE_INPROCESS_SHIPPER"] = "false"
+    if args.database_url:
+        os.environ["DATABASE_URL"] = args.database_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tollgate.settings")
+    import django
+
+    django.setup()
+    from metering import clickhouse as ch
+    from metering.shipping import USAGE_COLUMNS
+
+    client = ch.get_client()
+    rows = synthetic_rows(args.events)
+
+    def fresh(with_rollup: bool) -> None:
+        client.command("DROP TABLE IF EXISTS usage_hourly_mv")
+        client.command("DROP TABLE IF EXISTS usage_hourly")
+        client.command("DROP TABLE IF EXISTS usage_events")
+        client.command(ch.USAGE_EVENTS_DDL)
+        for column in ch.USAGE_EVENTS_ADDED_COLUMNS:
+            client.command(f"ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS {column}")
+        if with_rollup:
+            client.command(ch.USAGE_HOURLY_DDL)
+            client.command(ch.USAGE_HOURLY_MV_DDL)
+
+    def insert_all(batch: int, dedup: bool) -> float:
+        # Small batches are slow by nature: time them on a tenth of the rows.
+        subset = rows if batch >= 1000 else rows[: max(batch, len(rows) // 10)]
+        started = time.perf_counter()
+        for start in range(0, len(subset), batch):
+            chunk = subset[start:start + batch]
+            settings = ch.usage_insert_settings(uuid.uuid4().hex) if dedup else {}
+            client.insert("usage_events", chunk, column_names=USAGE_COLUMNS, settings=settings)
+        return len(subset) / (time.perf_counter() - started)
+
+    variants = [
+        (f"shipper insert (batches of {args.batch}, dedup token, rollup view)", True, args.batch, True),
+        (f"raw table only (batches of {args.batch}, no rollup, no token)", False, args.batch, False),
+        ("shipper insert, small batches of 100", True, 100, True),
+    ]
+    results: dict[str, list[float]] = {name: [] for name, *_ in variants}
+    for _ in range(args.repeats):
+        for name, rollup, batch, dedup in variants:
+            fresh(rollup)
+            results[name].append(insert_all(batch, dedup))
+            print(f"  {name}: {results[name][-1]:,.0f} events/s", file=sys.stderr, flush=True)
+    count = client.query("SELECT count() FROM usage_events").result_rows[0][0]
+    rolled = client.query("SELECT sum(requests) FROM usage_hourly").result_rows[0][0]
+
+    if args.database_url:
+        fresh(True)
+        name = "outbox end to end: PostgreSQL ledger → ship_pending_usage → ClickHouse"
+        results[name] = []
+        for _ in range(args.repeats):
+            results[name].append(outbox_end_to_end(args.events, args.batch))
+            print(f"  {name}: {results[name][-1]:,.0f} events/s", file=sys.stderr, flush=True)
+
+    print(f"{args.events:,} events per run, median of {args.repeats} runs; chDB folder {folder}\n")
+    print("| path | events/s |")
+    print("|---|---:|")
+    for name, values in results.items():
+        print(f"| {name} | {statistics.median(values):,.0f} |")
+    print(f"\n(sanity: last fresh table holds {count} rows, rollup {rolled})")
+
+
+def outbox_end_to_end(n: int, batch: int) -> float:
+    """Ledger rows written in bulk (not timed), then shipped by the real shipper (timed)."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    from metering.models import UsageRecord
+    from metering.shipping import ship_pending_usage
+    from tenants.models import Organization
+
+    call_command("migrate", verbosity=0)
+    org, _ = Organization.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE metering_usagerecord")
+    rng = random.Random(3)
+    now = datetime.now(timezone.utc)
+    UsageRecord.objects.bulk_create([
+        UsageRecord(request_id=uuid.uuid4().hex, created_at=now - timedelta(seconds=rng.randint(0, 86400)),
+                    organization=org, feature="chat", model_requested="tollgate-mini", model_served="tollgate-mini",
+                    input_tokens=100, output_tokens=20, cost_input=Decimal("0.00001"), cost_output=Decimal("0.000008"),
+                    cost_total=Decimal("0.000018"), cost_base=Decimal("0.000018"))
+        for _ in range(n)
+    ], batch_size=5000)
+    started = time.perf_counter()
+    shipped = ship_pending_usage(batch_size=batch)
+    elapsed = time.perf_counter() - started
+    assert shipped == n, shipped
+    return n / elapsed
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The usage API: `/api/usage/` (grouped sums) and `/api/usage/events/` (raw drill-down).
+
+Thin DRF views: validate the query string, resolve which orgs the caller may
+read (the dashboards' rule: managers their orgs, staff all), call
+`metering.queries`, page and render. JSON or CSV (`?format=csv`, every row).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zoneinfo
+from datetime import timedelta
+
+from django.http import Http404
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
+from rest_framework.views import APIView
+
+from tenants.models import Organization
+from tenants.services import can_view_organization, organizations_managed_by
+
+from . import queries
+
+MONEY = {"max_digits": 38, "decimal_places": 9}
+
+
+class CsvRenderer(BaseRenderer):
+    """Rows as CSV with a header; money as exact decimal strings."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        rows = data.get("results", data) if isinstance(data, dict) else data
+        if isinstance(rows, dict):  # an error body
+            rows = [rows]
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        return buffer.getvalue().encode()
+
+
+class UsageQuery(serializers.Serializer):
+    start = serializers.DateTimeField(required=False, help_text="Inclusive, ISO 8601 (default: 30 days ago).")
+    end = serializers.DateTimeField(required=False, help_text="Exclusive, ISO 8601 (default: now).")
+    org = serializers.SlugField(required=False, help_text="Organization slug.")
+    feature = serializers.CharField(required=False)
+    model = serializers.CharField(required=False, help_text="Model served.")
+    pool = serializers.CharField(required=False)
+    key = serializers.IntegerField(required=False, min_value=1, help_text="API key id.")
+    user = serializers.IntegerField(required=False, min_value=1, help_text="User id.")
+    tz = serializers.CharField(required=False, default="UTC", help_text="Time zone for group_by=day.")
+
+    def validate_tz(self, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise serializers.ValidationError(f"{value!r} is not a known time zone")
+        return value
+
+    def validate(self, attrs):
+        now = timezone.now()
+        attrs.setdefault("end", now)
+        attrs.setdefault("start", attrs["end"] - timedelta(days=30))
+        if attrs["start"] >= attrs["end"]:
+            raise serializers.ValidationError({"start": "start must be before end."})
+        return attrs
+
+
+class GroupedUsageQuery(UsageQuery):
+    group_by = serializers.CharField(
+        required=False, default="",
+        help_text=f"Comma-separated: {', '.join(queries.DIMENSIONS)}. Empty: one row of totals.",
+    )
+
+    def validate_group_by(self, value: str) -> list[str]:
+        dims = [d.strip() for d in value.split(",") if d.strip()]
+        unknown = [d for d in dims if d not in queries.DIMENSIONS]
+        if unknown:
+            raise serializers.ValidationError(f"unknown dimension(s): {', '.join(unknown)}")
+        if len(set(dims)) != len(dims):
+            raise serializers.ValidationError("a dimension is repeated")
+        return dims
+
+
+class UsageGroup(serializers.Serializer):
+    org = serializers.IntegerField(required=False, help_text="Organization id (group_by=org).")
+    feature = serializers.CharField(required=False)
+    model = serializers.CharField(required=False)
+    model_requested = serializers.CharField(required=False)
+    pool = serializers.CharField(required=False)
+    hour = serializers.DateTimeField(required=False)
+    day = serializers.DateField(required=False)
+    key = serializers.IntegerField(required=False, help_text="API key id (0: none).")
+    user = serializers.IntegerField(required=False, help_text="User id (0: none).")
+    requests = serializers.IntegerField()
+    refused = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    cache_hits = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    cached_input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    tokens_saved = serializers.IntegerField()
+    engine_seconds = serializers.FloatField()
+    cost_input = serializers.DecimalField(**MONEY)
+    cost_output = serializers.DecimalField(**MONEY)
+    cost_gpu = serializers.DecimalField(**MONEY)
+    cost_total = serializers.DecimalField(**MONEY, help_text="Billed, in each org's chargeback mode.")
+    cost_base = serializers.DecimalField(**MONEY)
+    cost_retry = serializers.DecimalField(**MONEY, help_text="Failed attempts (not billed).")
+    cost_escalation = serializers.DecimalField(**MONEY, help_text="Answers thrown away for a stronger model's.")
+    savings_cache = serializers.DecimalField(**MONEY, help_text="Counterfactual: what cache hits would have cost.")
+    savings_tokens = serializers.DecimalField(**MONEY, help_text="Counterfactual: tokens removed by optimization.")
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        return {k: v for k, v in data.items() if k in instance}
+
+
+class UsageEvent(serializers.Serializer):
+    event_id = serializers.UUIDField()
+    request_id = serializers.CharField()
+    trace_id = serializers.CharField()
+    timestamp = serializers.DateTimeField()
+    org_id = serializers.IntegerField()
+    org_slug = serializers.CharField()
+    feature = serializers.CharField()
+    api_key_id = serializers.IntegerField()
+    user_id = serializers.IntegerField()
+    model_requested = serializers.CharField()
+    model_served = serializers.CharField()
+    pool = serializers.CharField()
+    attempt_kind = serializers.CharField()
+    status = serializers.CharField()
+    input_tokens = serializers.IntegerField()
+    cached_input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    tokens_saved = serializers.IntegerField()
+    engine_seconds = serializers.FloatField()
+    cost_input = serializers.DecimalField(**MONEY)
+    cost_output = serializers.DecimalField(**MONEY)
+    cost_gpu = serializers.DecimalField(**MONEY)
+    cost_total = serializers.DecimalField(**MONEY)
+    chargeback_mode = serializers.CharField()
+    cost_base = serializers.DecimalField(**MONEY)
+    cost_retry = serializers.DecimalField(**MONEY)
+    cost_escalation = serializers.DecimalField(**MONEY)
+    savings_cache = serializers.DecimalField(**MONEY)
+    savings_tokens = serializers.DecimalField(**MONEY)
+    cache_hit = serializers.BooleanField()
+    downgraded = serializers.BooleanField()
+
+
+class UsagePagination(LimitOffsetPagination):
+    default_limit = 100
+    max_limit = 1000
+
+
+class _LazyRows:
+    """A sequence DRF's paginator can count and slice; each slice is one ClickHouse query."""
+
+    def __init__(self, count, fetch):
+        self._count = count
+        self._fetch = fetch
+
+    def count(self) -> int:
+        return self._count()
+
+    def __len__(self) -> int:
+        return self._count()
+
+    def __getitem__(self, item: slice):
+        return self._fetch(limit=item.stop - (item.start or 0), offset=item.start or 0)
+
+
+def usage_filter(request, params: dict) -> queries.UsageFilter:
+    """The caller's filter, narrowed to the orgs they may see. Another org's slug is a 404."""
+    if params.get("org"):
+        org = Organization.objects.filter(slug=params["org"]).first()
+        if org is None or not can_view_organization(request.user, org):
+            raise Http404("No such organization.")
+        org_ids = (org.pk,)
+    elif request.user.is_staff:
+        org_ids = None
+    else:
+        org_ids = tuple(o.pk for o in organizations_managed_by(request.user))
+    return queries.UsageFilter(
+        start=params["start"], end=params["end"], org_ids=org_ids, feature=params.get("feature"),
+        model=params.get("model"), pool=params.get("pool"), api_key_id=params.get("key"),
+        user_id=params.get("user"), tz=params.get("tz") or "UTC",
+    )
+
+
+_FORMAT = OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"],
+                           description="csv: every matching row as CSV (no paging).")
+
+
+class _UsageView(APIView):
+    renderer_classes = [JSONRenderer, BrowsableAPIRenderer, CsvRenderer]
+    pagination_class = UsagePagination
+
+    def _respond(self, request, rows: _LazyRows, serializer_class):
+        if getattr(request, "accepted_renderer", None) and request.accepted_renderer.format == "csv":
+            from rest_framework.response import Response
+
+            everything = rows[0:rows.count()] if rows.count() else []
+            return Response(serializer_class(everything, many=True).data)
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(rows, request, view=self)
+        return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+class UsageSummaryView(_UsageView):
+    @extend_schema(parameters=[GroupedUsageQuery, _FORMAT], responses=UsageGroup(many=True),
+                   summary="Usage and cost, grouped", tags=["usage"])
+    def get(self, request):
+        """Sums of requests, tokens and cost components, grouped by `group_by`, largest spend first."""
+        query = GroupedUsageQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        f = usage_filter(request, params)
+        group_by = params["group_by"]
+        rows = _LazyRows(lambda: queries.usage_summary_count(f, group_by),
+                         lambda limit, offset: queries.usage_summary(f, group_by, limit=limit, offset=offset))
+        return self._respond(request, rows, UsageGroup)
+
+
+class UsageEventsView(_UsageView):
+    @extend_schema(parameters=[UsageQuery, _FORMAT], responses=UsageEvent(many=True),
+                   summary="Raw usage events (drill-down)", tags=["usage"])
+    def get(self, request):
+        """One row per billable attempt, newest first."""
+        query = UsageQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        f = usage_filter(request, query.validated_data)
+        rows = _LazyRows(lambda: queries.usage_events_count(f),
+                         lambda limit, offset: queries.usage_events(f, limit=limit, offset=offset))
+        return self._respond(request, rows, UsageEvent)

@@ -1,0 +1,467 @@
+"""Pools at run time: admission queues, replica choice, health.
+
+* ``admit_request``: each pool lets ``replicas x max_in_flight_per_replica``
+  requests run at once; up to ``max_queue`` more wait (their wait is measured
+  and recorded as queue wait); past that the caller gets :class:`PoolQueueFull`
+  with a Retry-After estimate, at once, not a hung socket.
+* ``choose_replica``: the healthy replica with the least outstanding work,
+  except that requests sharing a prompt prefix prefer the same replica
+  (rendezvous hashing on the prefix, with a stable hash so every web process
+  agrees), as long as that replica is not much busier than the least loaded
+  one. Its prefix cache then hits.
+* Health: a failed connection takes a replica out at once; a background
+  thread probes every remote replica's ``/health`` (and scrapes ``/metrics``)
+  and puts it back when it answers.
+
+The state here (in-flight counts, queues) is per web process; with several
+web processes each admits up to its own limit (documented in
+docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from .engines.base import (
+    ChatMessage,
+    Engine,
+    EngineUnavailable,
+    GenerationRequest,
+    GenerationResult,
+    GenerationStream,
+    TextDelta,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POOL = "interactive"
+EMBEDDING_POOL = "embedding"
+IN_PROCESS = "in-process"
+
+
+class PoolQueueFull(EngineUnavailable):
+    def __init__(self, pool: str, retry_after_s: int):
+        super().__init__(f"The {pool} pool's queue is full; retry in {retry_after_s} s.")
+        self.pool = pool
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    name: str
+    kind: str
+    max_in_flight_per_replica: int
+    max_queue: int
+    max_batch_wait_ms: float
+
+
+class PoolRuntime:
+    """One pool's admission queue. Thread-safe; waiters may live on different event loops."""
+
+    def __init__(self, config: PoolSettings, replicas: int):
+        self.config = config
+        self.name = config.name
+        self.max_in_flight = max(1, config.max_in_flight_per_replica * max(1, replicas))
+        self.max_queue = config.max_queue
+        self.in_flight = 0
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
+        self._lock = threading.Lock()
+        self._service_s = 1.0  # moving average of how long an admitted request holds its slot
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil(self._service_s * (len(self._waiters) + 1) / self.max_in_flight))
+
+    async def admit_request(self) -> float:
+        """Wait for a slot; returns the seconds waited. Raises PoolQueueFull when the queue is full."""
+        with self._lock:
+            if self.in_flight < self.max_in_flight and not self._waiters:
+                self.in_flight += 1
+                return 0.0
+            if len(self._waiters) >= self.max_queue:
+                raise PoolQueueFull(self.name, self.retry_after_s())
+            loop = asyncio.get_running_loop()
+            waiter = (loop, loop.create_future())
+            self._waiters.append(waiter)
+        started = time.perf_counter()
+        try:
+            await waiter[1]
+        except asyncio.CancelledError:
+            granted = False
+            with self._lock:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    # Already handed a slot: if it arrived, give it back; if the hand-over is still on
+                    # its way, _hand_over finds the future cancelled and gives it back.
+                    granted = waiter[1].done() and not waiter[1].cancelled()
+            if granted:
+                self.release()
+            raise
+        return time.perf_counter() - started
+
+    def release(self, held_s: float | None = None) -> None:
+        with self._lock:
+            if held_s is not None:
+                self._service_s = 0.9 * self._service_s + 0.1 * held_s
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        while self._waiters:
+            loop, future = self._waiters.popleft()
+            try:
+                loop.call_soon_threadsafe(self._hand_over, future)
+                return  # the slot goes to the waiter; in_flight stays the same
+            except RuntimeError:  # that loop is closed
+                continue
+        self.in_flight -= 1
+
+    def _hand_over(self, future: asyncio.Future) -> None:
+        if future.done():  # cancelled meanwhile
+            self.release()
+        else:
+            future.set_result(None)
+
+
+class ReplicaRuntime:
+    def __init__(self, label: str, engine, url: str = ""):
+        self.label = label
+        self.engine = engine
+        self.url = url
+        self.outstanding = 0
+        self.healthy = True
+        self.down_since: float | None = None
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def load(self) -> float:
+        return self.outstanding + self.metrics.get("waiting", 0.0)
+
+    def mark_down(self, reason: str) -> None:
+        if self.healthy:
+            logger.warning("replica %s taken out: %s", self.label, reason)
+        self.healthy = False
+        self.down_since = self.down_since or time.monotonic()
+
+    def mark_up(self) -> None:
+        if not self.healthy:
+            logger.info("replica %s back in", self.label)
+        self.healthy = True
+        self.down_since = None
+
+
+def prefix_key(messages: tuple[ChatMessage, ...], prompt: str | None = None) -> str:
+    """The start of the prompt, which decides prefix affinity."""
+    n = settings.TOLLGATE_PREFIX_AFFINITY_CHARS
+    text = prompt if prompt is not None else "\n".join(f"{m.role}: {m.content}" for m in messages)
+    return text[:n]
+
+
+def choose_replica(replicas: list[ReplicaRuntime], key: str, exclude: set[str] = frozenset()) -> ReplicaRuntime | None:
+    """Least outstanding work, preferring the prefix's rendezvous replica unless it is clearly busier."""
+    candidates = [r for r in replicas if r.label not in exclude]
+    healthy = [r for r in candidates if r.healthy] or candidates  # all down: try them anyway
+    if not healthy:
+        return None
+    least = min(healthy, key=lambda r: r.load)
+    if not key or len(healthy) == 1:
+        return least
+    preferred = max(healthy, key=lambda r: zlib.crc32(f"{r.label}\n{key}".encode()))
+    if preferred.load <= least.load + settings.TOLLGATE_PREFIX_AFFINITY_SLACK:
+        return preferred
+    return least
+
+
+class DeploymentRuntime(Engine):
+    """A model's replicas behind one pool, seen by the gateway as one Engine."""
+
+    def __init__(self, model: str, pool: PoolRuntime, replicas: list[ReplicaRuntime]):
+        self.model = model
+        self.pool = pool
+        self.replicas = replicas
+
+    def model_names(self) -> list[str]:
+        return [self.model]
+
+    def _any_engine(self) -> Engine:
+        return (next((r for r in self.replicas if r.healthy), None) or self.replicas[0]).engine
+
+    def count_prompt_tokens(self, model: str, messages: tuple[ChatMessage, ...]) -> int:
+        return self._any_engine().count_prompt_tokens(model, messages)
+
+    def context_window(self, model: str) -> int:
+        return self._any_engine().context_window(model)
+
+    def stream(self, request: GenerationRequest) -> "PooledGenerationStream":
+        return PooledGenerationStream(self, request)
+
+
+class PooledGenerationStream(GenerationStream):
+    """Admission, replica choice and fail-over around one replica's stream.
+
+    ``admit()`` must be awaited before iterating (it may raise PoolQueueFull).
+    A replica that fails before sending a token is taken out and the request
+    goes to another one; after the first token a failure is the caller's.
+    """
+
+    def __init__(self, deployment: DeploymentRuntime, request: GenerationRequest):
+        self.deployment = deployment
+        self.request = request
+        self.result: GenerationResult | None = None
+        self.replica: ReplicaRuntime | None = None
+        self.inner: GenerationStream | None = None
+        self.queue_wait_s = 0.0
+        self._admitted_at: float | None = None
+        self._released = False
+
+    async def admit(self) -> None:
+        self.queue_wait_s = await self.deployment.pool.admit_request()
+        self._admitted_at = time.perf_counter()
+
+    def _release(self) -> None:
+        if self._admitted_at is not None and not self._released:
+            self._released = True
+            self.deployment.pool.release(time.perf_counter() - self._admitted_at)
+
+    def __del__(self):
+        # A response dropped before its body was ever iterated (client gone at once) still frees its slot.
+        self._release()
+
+    def _annotate(self, result: GenerationResult | None) -> GenerationResult | None:
+        if result is None:
+            return None
+        engine_queue = float(result.extra.get("queue_wait_s", 0.0))
+        result.extra.update(pool=self.deployment.pool.name, replica=self.replica.label if self.replica else "",
+                            admission_wait_s=self.queue_wait_s, queue_wait_s=self.queue_wait_s + engine_queue)
+        return result
+
+    async def _iterate(self) -> AsyncIterator[TextDelta]:
+        if self._admitted_at is None:
+            await self.admit()
+        key = prefix_key(self.request.messages, self.request.prompt)
+        tried: set[str] = set()
+        try:
+            while True:
+                replica = choose_replica(self.deployment.replicas, key, tried)
+                if replica is None:
+                    raise EngineUnavailable(f"no replica of {self.deployment.model} can take the request")
+                self.replica = replica
+                self.inner = inner = replica.engine.stream(self.request)
+                replica.outstanding += 1
+                sent = False
+                try:
+                    async for delta in inner:
+                        sent = True
+                        yield delta
+                except EngineUnavailable as exc:
+                    if sent:
+                        raise
+                    replica.mark_down(str(exc))
+                    tried.add(replica.label)
+                    continue
+                finally:
+                    replica.outstanding -= 1
+                self.result = self._annotate(inner.result)
+                return
+        finally:
+            if self.result is None and self.inner is not None and self.inner.result is not None:
+                self.result = self._annotate(self.inner.result)
+            self._release()
+
+    async def cancel(self) -> None:
+        if self.inner is not None:
+            await self.inner.cancel()
+            if self.result is None:
+                self.result = self._annotate(self.inner.result)
+        self._release()
+        if self.result is None:
+            self.result = GenerationResult(text="", prompt_tokens=0, completion_tokens=0, finish_reason="cancelled",
+                                           extra={"pool": self.deployment.pool.name})
+
+
+async def open_generation(engine: Engine, request: GenerationRequest) -> GenerationStream:
+    """Start a generation; pooled engines admit it first (PoolQueueFull when the pool's queue is full)."""
+    stream = engine.stream(request)
+    if isinstance(stream, PooledGenerationStream):
+        await stream.admit()
+    return stream
+
+
+# ------------------------------------------------------------------ configuration
+
+
+@dataclass
+class PoolTopology:
+    deployments: dict[str, DeploymentRuntime]
+    pools: dict[str, PoolRuntime]
+    signature: tuple
+
+
+_topology: PoolTopology | None = None
+_loaded_at = 0.0
+_topology_lock = threading.Lock()
+_health_thread: threading.Thread | None = None
+
+
+def _configured() -> tuple:
+    """The enabled deployments and replicas in the database, as a plain tuple (the topology's signature)."""
+    from .models import Deployment
+
+    rows = []
+    for d in Deployment.objects.filter(enabled=True).select_related("pool").prefetch_related("replicas"):
+        p = d.pool
+        replicas = tuple(sorted(r.url for r in d.replicas.all() if r.enabled))
+        rows.append((d.model, (p.name, p.kind, p.max_in_flight_per_replica, p.max_queue, p.max_batch_wait_ms),
+                     replicas))
+    return tuple(sorted(rows))
+
+
+def _default_pool(name: str, kind: str, per_replica: int) -> PoolSettings:
+    return PoolSettings(name=name, kind=kind, max_in_flight_per_replica=per_replica,
+                        max_queue=settings.TOLLGATE_POOL_MAX_QUEUE, max_batch_wait_ms=settings.TOLLGATE_EMBEDDING_MAX_WAIT_MS)
+
+
+def _build(signature: tuple) -> PoolTopology:
+    from .engines.registry import in_process_engine
+
+    pools: dict[str, PoolRuntime] = {}
+    deployments: dict[str, DeploymentRuntime] = {}
+    by_pool: dict[tuple, list] = {}
+    for model, pool_row, urls in signature:
+        by_pool.setdefault(pool_row, []).append((model, urls))
+    for pool_row, members in by_pool.items():
+        config = PoolSettings(*pool_row)
+        replicas_total = max(len(urls) for _, urls in members) or 1
+        pool = pools[config.name] = PoolRuntime(config, replicas_total)
+        for model, urls in members:
+            replicas = [_replica(model, url, config) for url in urls]
+            replicas = [r for r in replicas if r is not None]
+            if replicas:
+                deployments[model] = DeploymentRuntime(model, pool, replicas)
+    local = in_process_engine()
+    if local is not None:
+        missing = [m for m in local.model_names() if m not in deployments]
+        if missing:
+            pool = pools.get(DEFAULT_POOL) or PoolRuntime(
+                _default_pool(DEFAULT_POOL, "interactive", settings.TOLLGATE_CPU_MAX_NUM_SEQS), 1)
+            pools[pool.name] = pool
+            replica = ReplicaRuntime(IN_PROCESS, local)
+            for m in missing:
+                deployments[m] = DeploymentRuntime(m, pool, [replica])
+    if settings.TOLLGATE_EMBEDDINGS_IN_PROCESS:
+        from .engines.embeddings import EMBEDDING_MODEL, get_embedder
+
+        if EMBEDDING_MODEL not in deployments:
+            pool = pools.get(EMBEDDING_POOL) or PoolRuntime(
+                _default_pool(EMBEDDING_POOL, "embedding", settings.TOLLGATE_EMBEDDING_MAX_BATCH), 1)
+            pools[pool.name] = pool
+            deployments[EMBEDDING_MODEL] = DeploymentRuntime(EMBEDDING_MODEL, pool,
+                                                             [ReplicaRuntime(IN_PROCESS, get_embedder())])
+    return PoolTopology(deployments=deployments, pools=pools, signature=signature)
+
+
+def _replica(model: str, url: str, pool: PoolSettings) -> ReplicaRuntime | None:
+    from .engines.registry import in_process_engine
+
+    if pool.kind == "embedding":
+        from .engines.embeddings import get_embedder
+        from .engines.remote import RemoteEmbedder
+
+        return ReplicaRuntime(url or IN_PROCESS, RemoteEmbedder(url, model) if url else get_embedder(), url)
+    if not url:
+        local = in_process_engine()
+        if local is None or model not in local.model_names():
+            logger.warning("deployment %s lists the in-process engine, which does not serve it", model)
+            return None
+        return ReplicaRuntime(IN_PROCESS, local)
+    from .engines.remote import RemoteEngine
+
+    return ReplicaRuntime(url, RemoteEngine(url, [model], connect_timeout=settings.TOLLGATE_ENGINE_CONNECT_TIMEOUT_S,
+                                            read_timeout=settings.TOLLGATE_ENGINE_READ_TIMEOUT_S), url)
+
+
+def pool_topology() -> PoolTopology:
+    """The current pools and deployments (re-read from the database every TOLLGATE_POOL_CONFIG_TTL_S)."""
+    global _topology, _loaded_at
+    now = time.monotonic()
+    if _topology is not None and now - _loaded_at < settings.TOLLGATE_POOL_CONFIG_TTL_S:
+        return _topology
+    with _topology_lock:
+        if _topology is None or time.monotonic() - _loaded_at >= settings.TOLLGATE_POOL_CONFIG_TTL_S:
+            signature = _configured()
+            if _topology is None or signature != _topology.signature:
+                _topology = _build(signature)
+                if any(r.url for d in _topology.deployments.values() for r in d.replicas):
+                    _start_health_checks()
+            _loaded_at = time.monotonic()
+    return _topology
+
+
+def reload_pools() -> PoolTopology:
+    """Re-read the configuration now (tests, admin changes)."""
+    global _loaded_at
+    _loaded_at = 0.0
+    return pool_topology()
+
+
+def deployment_for_model(model: str) -> DeploymentRuntime | None:
+    return pool_topology().deployments.get(model)
+
+
+# ------------------------------------------------------------------ health
+
+
+async def probe_replicas(topology: PoolTopology | None = None) -> None:
+    """Probe every remote replica's /health (and scrape /metrics); take dead ones out, put live ones back."""
+    topology = topology or _topology
+    if topology is None:
+        return
+    seen: set[int] = set()
+    replicas = [r for d in topology.deployments.values() for r in d.replicas
+                if r.url and not (id(r) in seen or seen.add(id(r)))]
+
+    async def probe(replica: ReplicaRuntime) -> None:
+        engine = replica.engine
+        if await engine.check_health():
+            replica.mark_up()
+            try:
+                replica.metrics = await engine.scrape_metrics()
+            except Exception:  # metrics are advisory
+                replica.metrics = {}
+        else:
+            replica.mark_down("health check failed")
+
+    await asyncio.gather(*(probe(r) for r in replicas), return_exceptions=True)
+
+
+def _start_health_checks() -> None:
+    global _health_thread
+    if _health_thread is not None and _health_thread.is_alive():
+        return
+
+    def run() -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    await probe_replicas()
+                except Exception:
+                    logger.exception("replica health check failed")
+                await asyncio.sleep(settings.TOLLGATE_HEALTH_CHECK_INTERVAL_S)
+
+        asyncio.run(loop())
+
+    _health_thread = threading.Thread(target=run, name="tollgate-replica-health", daemon=True)
+    _health_thread.start()

@@ -1,0 +1,68 @@
+"""Real engine worker processes (`manage.py serve_engine --engine cpu`) on free 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+MINI = "tollgate-mini"
+
+
+class WorkerProcess:
+    def __init__(self, *extra: str, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> "WorkerProcess":
+        env = dict(os.environ, TOLLGATE_CPU_ENGINE_THREADS="1", UVICORN_LOG_LEVEL="warning")
+        self.log = open(f"/tmp/tollgate-worker-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "serve_engine", "--engine", "cpu", "--host", "127.0.0.1",
+             "--port", str(self.port), "--models", MINI, "--preload", *self.extra],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError("worker did not become healthy")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def metrics(self) -> dict[str, float]:
+        from serving.engines.remote import read_engine_metrics
+
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        values = read_engine_metrics(text)
+        for line in text.splitlines():
+            if line.startswith("tollgate:engine_busy_seconds_total"):
+                values["busy_seconds"] = float(line.rsplit(" ", 1)[1])
+        return values
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = WorkerProcess("--embeddings").start()
+    yield w
+    w.kill()
