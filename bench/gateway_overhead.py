@@ -102,6 +102,17 @@ def prepare_database(database_url: str, env: dict, upstream: str) -> str:
     return next(line[4:] for line in out.splitlines() if line.startswith("KEY="))
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process and its threads so far (Linux /proc), 0 when unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def closed_loop(url: str, headers: dict, n: int, concurrency: int) -> dict:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
@@ -135,7 +146,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,16,64")
     ap.add_argument("--litellm", default="", help="path to the litellm executable (own virtualenv)")
     ap.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/tollgate_bench_gateway")
-    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/8")
     args = ap.parse_args()
 
     procs: list[subprocess.Popen] = []
@@ -158,6 +169,7 @@ def main() -> None:
                                       env=env, stdout=subprocess.DEVNULL))
         wait_until_up(f"{gateway}/v1/models", procs[-1])
 
+        pids = {"upstream direct": procs[0].pid, "Tollgate gateway (auth, budget, ledger, spans)": procs[-1].pid}
         paths = {
             "upstream direct": (f"{upstream}/v1/chat/completions", {}),
             "Tollgate gateway (auth, budget, ledger, spans)": (f"{gateway}/v1/chat/completions",
@@ -181,6 +193,7 @@ def main() -> None:
                                            "--num_workers", "1"], env=ll_env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))
             wait_until_up(f"http://127.0.0.1:{ll_port}/health/liveliness", procs[-1])
+            pids["LiteLLM proxy (1 worker, master key, no database)"] = procs[-1].pid
             paths["LiteLLM proxy (1 worker, master key, no database)"] = (
                 f"http://127.0.0.1:{ll_port}/v1/chat/completions", {"Authorization": f"Bearer {MASTER_KEY}"})
 
@@ -193,20 +206,24 @@ def main() -> None:
         for c in (int(x) for x in args.levels.split(",")):
             for name, (url, headers) in paths.items():
                 asyncio.run(closed_loop(url, headers, args.warmup, c))
+                # CPU time the server process spent per request: steadier than latency on a busy machine.
+                cpu_before = cpu_seconds(pids.get(name))
                 results[(name, c)] = r = asyncio.run(closed_loop(url, headers, args.requests, c))
+                r["cpu_ms"] = (cpu_seconds(pids.get(name)) - cpu_before) * 1000 / args.requests
                 print(f"c={c} {name}: {r['rps']:.0f} rps, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "
-                      f"errors {r['errors']}", file=sys.stderr)
+                      f"server CPU {r['cpu_ms']:.2f} ms/request, errors {r['errors']}", file=sys.stderr)
 
         levels = sorted({c for _, c in results})
         print(f"\n{args.requests} requests per path and level after {args.warmup} warm-up, cpus={os.cpu_count()}\n")
-        print("| path | concurrency | requests/s | p50 ms | p99 ms | added p50 ms | errors |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| path | concurrency | requests/s | p50 ms | p99 ms | added p50 ms | server CPU ms/request | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for c in levels:
             direct = results[("upstream direct", c)]["p50"]
             for name in paths:
                 r = results[(name, c)]
                 added = "–" if name == "upstream direct" else f"{r['p50'] - direct:.2f}"
-                print(f"| {name} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {added} | {r['errors']} |")
+                print(f"| {name} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {added} | "
+                      f"{r['cpu_ms']:.2f} | {r['errors']} |")
         if args.litellm:
             ll = "LiteLLM proxy (1 worker, master key, no database)"
             gw = "Tollgate gateway (auth, budget, ledger, spans)"

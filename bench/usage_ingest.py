@@ -1,13 +1,20 @@
 """Benchmark: usage events shipped into embedded ClickHouse (chDB) per second.
 
-Rows are shaped exactly as the outbox shipper sends them (metering.shipping
-columns, Decimal money, UUIDv7 ids). Variants, all in one run, each into a
-fresh copy of the schema in one chDB folder:
+Rows are shaped exactly as the outbox shipper reads them from the ledger
+(metering.shipping's field order, Decimal money, UUIDv7 ids, aware datetimes).
+Variants, all in one run, each into a fresh copy of the schema in one chDB
+folder:
 
-* ``shipper insert``: batches of --batch rows with the shipper's settings
-  (insert deduplication token + dedup through the hourly rollup view);
-* ``raw table only``: the same batches into a usage_events table with no
-  rollup view and no token (the floor the rollup and dedup cost is measured
+* ``shipper insert``: batches of --batch rows through
+  ``metering.shipping.insert_usage_rows`` (one Arrow table per batch, insert
+  deduplication token, dedup through the hourly and daily rollup views);
+* ``before``: the same batches through clickhouse-connect's ``insert()``
+  with Python rows, ``optimize_on_insert`` on and the hourly view only (how
+  the shipper sent them before; the baseline for this change), and the same
+  with both views (what the daily view alone costs);
+* ``column-oriented insert``: the same through ``insert(column_oriented=True)``;
+* ``raw table only``: the Arrow batches into a usage_events table with no
+  rollup view and no token (what the rollups and dedup cost is measured
   against);
 * ``small batches``: the shipper insert with batches of 100 rows;
 * ``outbox end to end`` (with --database-url): ledger rows in PostgreSQL
@@ -52,7 +59,7 @@ def synthetic_rows(n: int, seed: int = 7) -> list[list]:
             "org", rng.choice(["chat", "search", "summarise"]), rng.randint(1, 1000), 0, "chat.completions",
             rng.choice(models), rng.choice(models), "interactive", "r1", "primary", "ok", "", False, inp, 0, out, 0,
             1.0, 20.0, 300.0, 0.3, cost_in, cost_out, Decimal(0), total, False, False, "tokens", total, Decimal(0),
-            Decimal(0), Decimal(0), Decimal(0), False, 0,
+            Decimal(0), Decimal(0), Decimal(0), False, 0, rng.choice([None, 12.5]),
         ])
     return rows
 
@@ -76,48 +83,74 @@ def main() -> None:
 
     django.setup()
     from metering import clickhouse as ch
-    from metering.shipping import USAGE_COLUMNS
+    from metering.shipping import USAGE_COLUMNS, insert_usage_rows, usage_batch_table
 
     client = ch.get_client()
     rows = synthetic_rows(args.events)
 
-    def fresh(with_rollup: bool) -> None:
-        client.command("DROP TABLE IF EXISTS usage_hourly_mv")
-        client.command("DROP TABLE IF EXISTS usage_hourly")
+    def fresh(views: tuple) -> None:
+        for view, table, _ in ch.ROLLUPS:
+            client.command(f"DROP TABLE IF EXISTS {view}")
+            client.command(f"DROP TABLE IF EXISTS {table}")
         client.command("DROP TABLE IF EXISTS usage_events")
         client.command(ch.USAGE_EVENTS_DDL)
         for column in ch.USAGE_EVENTS_ADDED_COLUMNS:
             client.command(f"ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS {column}")
-        if with_rollup:
-            client.command(ch.USAGE_HOURLY_DDL)
-            client.command(ch.USAGE_HOURLY_MV_DDL)
+        for ddl in views:
+            client.command(ddl)
 
-    def insert_all(batch: int, dedup: bool) -> float:
+    def shipper_insert(chunk: list, token: str) -> None:
+        insert_usage_rows(chunk, token)
+
+    def rowwise_insert(chunk: list, token: str) -> None:
+        # As the shipper sent batches before: Python rows, and the block merged again on insert.
+        chunk = [[*row[:7], row[7] or 0, row[8] or 0, *row[9:]] for row in chunk]  # null ids -> 0
+        settings = dict(ch.usage_insert_settings(token), optimize_on_insert=1)
+        client.insert("usage_events", chunk, column_names=USAGE_COLUMNS, settings=settings)
+
+    def column_insert(chunk: list, token: str) -> None:
+        columns = [list(values) for values in zip(*chunk)]
+        columns[7] = [v or 0 for v in columns[7]]
+        columns[8] = [v or 0 for v in columns[8]]
+        client.insert("usage_events", columns, column_names=USAGE_COLUMNS, column_oriented=True,
+                      settings=ch.usage_insert_settings(token))
+
+    def arrow_no_token(chunk: list, token: str) -> None:
+        client.insert_arrow("usage_events", usage_batch_table(chunk))
+
+    def insert_all(insert, batch: int) -> float:
         # Small batches are slow by nature: time them on a tenth of the rows.
         subset = rows if batch >= 1000 else rows[: max(batch, len(rows) // 10)]
         started = time.perf_counter()
         for start in range(0, len(subset), batch):
-            chunk = subset[start:start + batch]
-            settings = ch.usage_insert_settings(uuid.uuid4().hex) if dedup else {}
-            client.insert("usage_events", chunk, column_names=USAGE_COLUMNS, settings=settings)
+            insert(subset[start:start + batch], uuid.uuid4().hex)
         return len(subset) / (time.perf_counter() - started)
 
+    b = args.batch
+    both = (ch.USAGE_HOURLY_DDL, ch.USAGE_HOURLY_MV_DDL, ch.USAGE_DAILY_DDL, ch.USAGE_DAILY_MV_DDL)
+    hourly = both[:2]
     variants = [
-        (f"shipper insert (batches of {args.batch}, dedup token, rollup view)", True, args.batch, True),
-        (f"raw table only (batches of {args.batch}, no rollup, no token)", False, args.batch, False),
-        ("shipper insert, small batches of 100", True, 100, True),
+        (f"shipper insert: Arrow (batches of {b}, dedup token, hourly + daily rollup views)", both, shipper_insert,
+         b),
+        (f"before: row-wise insert(), optimize_on_insert on (batches of {b}, hourly view only)", hourly,
+         rowwise_insert, b),
+        (f"row-wise insert(), optimize_on_insert on (batches of {b}, both views)", both, rowwise_insert, b),
+        (f"column-oriented insert() (batches of {b}, shipper's settings, both views)", both, column_insert, b),
+        (f"raw table only: Arrow (batches of {b}, no rollups, no token)", (), arrow_no_token, b),
+        ("shipper insert, small batches of 100", both, shipper_insert, 100),
     ]
     results: dict[str, list[float]] = {name: [] for name, *_ in variants}
+    insert_usage_rows(rows[:10], uuid.uuid4().hex)  # warm-up: first-use imports inside clickhouse-connect
     for _ in range(args.repeats):
-        for name, rollup, batch, dedup in variants:
-            fresh(rollup)
-            results[name].append(insert_all(batch, dedup))
+        for name, views, insert, batch in variants:
+            fresh(views)
+            results[name].append(insert_all(insert, batch))
             print(f"  {name}: {results[name][-1]:,.0f} events/s", file=sys.stderr, flush=True)
     count = client.query("SELECT count() FROM usage_events").result_rows[0][0]
     rolled = client.query("SELECT sum(requests) FROM usage_hourly").result_rows[0][0]
 
     if args.database_url:
-        fresh(True)
+        fresh(both)
         name = "outbox end to end: PostgreSQL ledger → ship_pending_usage → ClickHouse"
         results[name] = []
         for _ in range(args.repeats):

@@ -2,8 +2,8 @@
 
 Generates --events synthetic usage events (default 10 million) spread over
 90 days and 200 orgs inside embedded ClickHouse (an INSERT … SELECT from
-numbers(), in chunks, through the real hourly rollup view), merges both
-tables (steady state), then times, in the same run and interleaved:
+numbers(), in chunks, through the real hourly and daily rollup views), merges
+all three tables (steady state), then times, in the same run and interleaved:
 
 * the org dashboard (metering.queries as dashboards/views.py calls them:
   totals, spend by feature, spend by model, spend per day over 30 days)
@@ -11,8 +11,10 @@ tables (steady state), then times, in the same run and interleaved:
 * the staff usage API (spend per org over 30 days, and per org × model over
   90 days),
 
-each read through the hourly rollup (`usage_summary`, as shipped) and forced
-onto the raw table with FINAL (`use_rollup=False`). Prints p50/p95 in ms.
+each read three ways: as shipped (`usage_summary`: daily rollup for whole
+UTC days, hourly for whole hours, raw for partial hours), through the hourly
+rollup only (`use_daily=False`, how it read before the daily rollup), and
+forced onto the raw table with FINAL (`use_rollup=False`). Prints p50/p95 in ms.
 
     .venv/bin/python bench/usage_queries.py [--events 10000000] [--orgs 200] [--samples 40]
 """
@@ -113,61 +115,69 @@ def main() -> None:
     started = time.perf_counter()
     client.command("OPTIMIZE TABLE usage_events FINAL")
     client.command("OPTIMIZE TABLE usage_hourly FINAL")
+    client.command("OPTIMIZE TABLE usage_daily FINAL")
     merged_s = time.perf_counter() - started
     raw_rows = client.query("SELECT count() FROM usage_events").result_rows[0][0]
     rollup_rows = client.query("SELECT count() FROM usage_hourly").result_rows[0][0]
+    daily_rows = client.query("SELECT count() FROM usage_daily").result_rows[0][0]
     raw_cost = client.query("SELECT sum(cost_total) FROM usage_events").result_rows[0][0]
     rollup_cost = client.query("SELECT sum(cost_total) FROM usage_hourly").result_rows[0][0]
-    assert raw_cost == rollup_cost, (raw_cost, rollup_cost)
+    daily_cost = client.query("SELECT sum(cost_total) FROM usage_daily").result_rows[0][0]
+    assert raw_cost == rollup_cost == daily_cost, (raw_cost, rollup_cost, daily_cost)
 
     rng = random.Random(11)
 
-    def org_dashboard(use_rollup: bool):
+    # mode -> usage_summary keyword arguments
+    modes = {"tiered": {}, "hourly": {"use_daily": False}, "raw": {"use_rollup": False}}
+
+    def org_dashboard(mode: dict):
         org = rng.randint(1, args.orgs)
         end = datetime.now(timezone.utc)
         f = queries.UsageFilter(start=end - timedelta(days=30), end=end, org_ids=(org,))
         # The same calls as queries.usage_totals / spend_by / spend_by_day make for dashboards/views.py.
         measures = queries.DASHBOARD_MEASURES
-        queries.usage_summary(f, use_rollup=use_rollup, measures=measures)
-        queries.usage_summary(f, ["feature"], use_rollup=use_rollup, measures=measures)
-        queries.usage_summary(f, ["model"], use_rollup=use_rollup, measures=measures)
-        queries.usage_summary(f, ["day"], use_rollup=use_rollup, measures=["cost_total"])
+        queries.usage_summary(f, measures=measures, **mode)
+        queries.usage_summary(f, ["feature"], measures=measures, **mode)
+        queries.usage_summary(f, ["model"], measures=measures, **mode)
+        queries.usage_summary(f, ["day"], measures=["cost_total"], **mode)
 
-    def staff_by_org_30d(use_rollup: bool):
+    def staff_by_org_30d(mode: dict):
         end = datetime.now(timezone.utc)
         queries.usage_summary(queries.UsageFilter(start=end - timedelta(days=30), end=end), ["org"],
-                              limit=100, use_rollup=use_rollup, measures=queries.DASHBOARD_MEASURES)
+                              limit=100, measures=queries.DASHBOARD_MEASURES, **mode)
 
-    def staff_by_org_model_90d(use_rollup: bool):
+    def staff_by_org_model_90d(mode: dict):
         end = datetime.now(timezone.utc)
         queries.usage_summary(queries.UsageFilter(start=end - timedelta(days=90), end=end), ["org", "model"],
-                              limit=100, use_rollup=use_rollup, measures=queries.DASHBOARD_MEASURES)
+                              limit=100, measures=queries.DASHBOARD_MEASURES, **mode)
 
     workloads = [
         ("org dashboard, 30 days (4 queries)", org_dashboard),
         ("staff: spend by org, 30 days", staff_by_org_30d),
         ("staff: spend by org × model, 90 days", staff_by_org_model_90d),
     ]
-    timings = {(name, mode): [] for name, _ in workloads for mode in ("rollup", "raw")}
+    timings = {(name, mode): [] for name, _ in workloads for mode in modes}
     for name, run in workloads:  # warm-up
-        run(True)
-        run(False)
+        for mode in modes.values():
+            run(mode)
     for _ in range(args.samples):
         for name, run in workloads:
-            for mode in ("rollup", "raw"):
+            for mode, kwargs in modes.items():
                 t0 = time.perf_counter()
-                run(mode == "rollup")
+                run(kwargs)
                 timings[(name, mode)].append((time.perf_counter() - t0) * 1000)
 
-    print(f"{raw_rows:,} events, {args.orgs} orgs, {args.days} days; hourly rollup holds {rollup_rows:,} rows; "
-          f"generated in {generated_s:.0f} s, merged in {merged_s:.0f} s; {args.samples} samples each, "
-          f"interleaved; chDB folder {folder}\n")
-    print("| query | rollup p50 ms | rollup p95 ms | raw (FINAL) p50 ms | raw (FINAL) p95 ms | p95 speed-up |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"{raw_rows:,} events, {args.orgs} orgs, {args.days} days; hourly rollup holds {rollup_rows:,} rows, "
+          f"daily rollup {daily_rows:,}; generated in {generated_s:.0f} s, merged in {merged_s:.0f} s; "
+          f"{args.samples} samples each, interleaved; chDB folder {folder}\n")
+    print("| query | shipped (daily + hourly + raw edges) p50 ms | p95 ms | hourly rollup only p50 ms | p95 ms "
+          "| raw (FINAL) p50 ms | p95 ms | p95 speed-up vs hourly | vs raw |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, _ in workloads:
-        r, w = timings[(name, "rollup")], timings[(name, "raw")]
-        print(f"| {name} | {statistics.median(r):.1f} | {percentile(r, 0.95):.1f} | {statistics.median(w):.1f} | "
-              f"{percentile(w, 0.95):.1f} | {percentile(w, 0.95) / percentile(r, 0.95):.1f}x |")
+        t, h, w = (timings[(name, mode)] for mode in modes)
+        print(f"| {name} | {statistics.median(t):.1f} | {percentile(t, 0.95):.1f} | {statistics.median(h):.1f} | "
+              f"{percentile(h, 0.95):.1f} | {statistics.median(w):.1f} | {percentile(w, 0.95):.1f} | "
+              f"{percentile(h, 0.95) / percentile(t, 0.95):.1f}x | {percentile(w, 0.95) / percentile(t, 0.95):.1f}x |")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from metering import pricing
+from tollgate import db
+from tollgate.memo import Memo, Throttle
 
 from . import alerts, ledger
 from .models import Alert, Budget, BudgetCounter, BudgetReservation
@@ -171,24 +172,47 @@ DowngradeFn = Callable[[int | None], "CostEstimate | None"]
 # --- which budgets cover a request -------------------------------------------
 
 
+# Active budgets per org and counter ids per window, per web process (tollgate/memo.py). Budget edits in
+# this process drop them at once (budgets.signals and the admin actions below); counters hold the money
+# and are always read and written in the database.
+_org_budgets: Memo[tuple[Budget, ...]] = Memo("budgets by org")
+_counter_ids: Memo[int] = Memo("budget counter ids")
+_housekeeping = Throttle()
+
+
+def forget_cached_budgets(org_id: int | None = None) -> None:
+    if org_id is None:
+        _org_budgets.invalidate()
+    else:
+        _org_budgets.invalidate(org_id)
+    _counter_ids.invalidate()
+
+
+def _active_budgets(org_id: int) -> tuple[Budget, ...]:
+    return _org_budgets.get(org_id, lambda: tuple(
+        Budget.objects.select_related("organization", "feature", "api_key", "user")
+        .filter(organization_id=org_id, is_active=True).order_by("pk")))
+
+
 def covering_budgets(org_id: int, feature_id: int | None, api_key_id: int | None, user_id: int | None,
                      at: datetime) -> list[tuple[Budget, datetime, datetime]]:
     """Active budgets covering the request, with their current window, in lock order (budget id)."""
-    scope = Q(feature__isnull=True, api_key__isnull=True, user__isnull=True)
-    if feature_id is not None:
-        scope |= Q(feature_id=feature_id)
-    if api_key_id is not None:
-        scope |= Q(api_key_id=api_key_id)
-    if user_id is not None:
-        scope |= Q(user_id=user_id)
-    budgets = (Budget.objects.select_related("organization", "feature", "api_key", "user")
-               .filter(scope, organization_id=org_id, is_active=True).order_by("pk"))
     covering = []
-    for budget in budgets:
+    for budget in _active_budgets(org_id):
+        if budget.feature_id is not None and budget.feature_id != feature_id:
+            continue
+        if budget.api_key_id is not None and budget.api_key_id != api_key_id:
+            continue
+        if budget.user_id is not None and budget.user_id != user_id:
+            continue
         window = budget_window(budget, at)
         if window is not None:
             covering.append((budget, *window))
     return covering
+
+
+def _counter_id(budget: Budget, start: datetime, end: datetime) -> int:
+    return _counter_ids.get((budget.pk, start), lambda: counter_for(budget, start, end).pk)
 
 
 def counter_for(budget: Budget, start: datetime, end: datetime) -> BudgetCounter:
@@ -235,8 +259,13 @@ def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key
     if not covering:
         return Reservation(request_id=request_id, estimate=estimate)
     _sweep_stale_reservations_now_and_then()
-    counters = [counter_for(budget, start, end) for budget, start, end in covering]
     budgets_by_id = {budget.pk: budget for budget, _, _ in covering}
+    if connection.vendor == "postgresql":
+        held = _reserve_in_one_statement(request_id, budgets_by_id,
+                                         [_counter_id(b, start, end) for b, start, end in covering], estimate, at)
+        if held is not None:
+            return held
+    counters = [counter_for(budget, start, end) for budget, start, end in covering]
 
     refusal: BudgetExceeded | None = None
     with transaction.atomic():
@@ -289,45 +318,182 @@ def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key
                        downgraded_from=downgraded_from, downgraded=downgraded, statuses=statuses)
 
 
+_COUNTERS = BudgetCounter._meta.db_table
+_RESERVATIONS = BudgetReservation._meta.db_table
+_LOCK_IN_ORDER = f"SELECT id FROM {_COUNTERS} WHERE id = ANY(%s) ORDER BY budget_id, window_start FOR UPDATE"
+_RESERVE = f"""
+WITH held AS (
+    UPDATE {_COUNTERS} SET reserved = reserved + %s, updated_at = %s
+    WHERE id = ANY(%s)
+    RETURNING id, budget_id, spent, reserved, window_start, window_end
+), rows AS (
+    INSERT INTO {_RESERVATIONS} (counter_id, request_id, amount, created_at)
+    SELECT id, %s, %s, %s FROM held
+    RETURNING id, counter_id
+)
+SELECT held.id, held.budget_id, held.spent, held.reserved, held.window_start, held.window_end, rows.id
+FROM held JOIN rows ON rows.counter_id = held.id
+"""
+_RELEASE = f"""
+WITH released AS (
+    DELETE FROM {_RESERVATIONS} WHERE id = ANY(%s) RETURNING counter_id, amount
+)
+UPDATE {_COUNTERS} AS c SET reserved = c.reserved - released.amount
+FROM released WHERE c.id = released.counter_id
+"""
+
+
+def _locking(counter_ids: list[int]) -> list[db.Statement]:
+    # Several counters are locked in the fixed order first, so two requests never wait on each other in a cycle.
+    return [db.Statement(_LOCK_IN_ORDER, [counter_ids])] if len(counter_ids) > 1 else []
+
+
+def _reserve_in_one_statement(request_id: str, budgets_by_id: dict[int, Budget], counter_ids: list[int],
+                              estimate: CostEstimate, at: datetime) -> Reservation | None:
+    """PostgreSQL's fast path: hold the worst case on every counter in one round trip, then look.
+
+    The common case (room left, nothing downgrading) is one transaction sent
+    and answered at once. Otherwise the hold is given back and this returns
+    None: the caller takes the locked path, which decides the downgrade or
+    refusal with its full explanation. (Between the two, other requests see
+    the extra hold and may be refused a moment early; never the reverse.)
+    """
+    if not db.can_batch():
+        return None
+    worst_case = estimate.worst_case
+    # A hold need not survive a database crash: settlement subtracts only the holds it finds and
+    # counts the cost either way. So its commit skips the wait for the WAL flush; the settlement,
+    # which writes the ledger row, keeps it.
+    rows = db.run_transaction(
+        [*_locking(counter_ids),
+         db.Statement(_RESERVE, [worst_case, timezone.now(), counter_ids, request_id, worst_case, at])],
+        synchronous_commit=False,
+    )
+    statuses = []
+    for counter_id, budget_id, spent, reserved, start, end, _ in rows:
+        counter = BudgetCounter(pk=counter_id, budget_id=budget_id, spent=spent, reserved=reserved - worst_case,
+                                window_start=start, window_end=end)
+        statuses.append(_status(budgets_by_id[budget_id], counter))
+    over = any(s.action == Budget.Action.BLOCK and s.spent + s.reserved + worst_case > s.amount for s in statuses)
+    if len(rows) != len(counter_ids) or over or any(s.downgrading for s in statuses):
+        if rows:
+            db.run_transaction([*_locking(counter_ids), db.Statement(_RELEASE, [[r[6] for r in rows]])])
+        if len(rows) != len(counter_ids):  # a counter went away (budget deleted): re-read
+            forget_cached_budgets()
+        return None
+    rows.sort(key=lambda r: (r[1], r[4]))
+    statuses.sort(key=lambda s: (s.budget_id, s.period_start))
+    held = tuple(
+        HeldBudget(budget_id=budget_id, counter_id=counter_id, amount=budgets_by_id[budget_id].amount,
+                   thresholds=tuple(budgets_by_id[budget_id].threshold_percents), window_start=start,
+                   window_end=end, is_blocking=budgets_by_id[budget_id].action == Budget.Action.BLOCK)
+        for counter_id, budget_id, _, _, start, end, _ in rows
+    )
+    return Reservation(request_id=request_id, estimate=estimate, amount=worst_case, held=held,
+                       reservation_ids=tuple(r[6] for r in rows), statuses=statuses)
+
+
+_SETTLE = f"""
+WITH released AS (
+    DELETE FROM {_RESERVATIONS} WHERE id = ANY(%s) RETURNING counter_id, amount
+)
+UPDATE {_COUNTERS} AS c
+SET spent = c.spent + %s,
+    reserved = c.reserved - COALESCE((SELECT SUM(r.amount) FROM released r WHERE r.counter_id = c.id), 0),
+    updated_at = %s
+WHERE c.id = ANY(%s)
+RETURNING c.id, c.spent
+"""
+
+
+def settlement_statements(reservation: Reservation | None, cost: Decimal) -> list[db.Statement]:
+    """The statements that settle ``reservation`` at ``cost`` (PostgreSQL), for the caller's transaction.
+
+    The last one returns (counter id, spent after); hand those rows to
+    ``after_settlement``. Empty when no budget applies or it is already settled.
+    """
+    if reservation is None or not reservation.held or reservation.closed:
+        return []
+    counter_ids = [h.counter_id for h in reservation.held]
+    return [*_locking(counter_ids),
+            db.Statement(_SETTLE, [list(reservation.reservation_ids), cost, timezone.now(), counter_ids])]
+
+
+def after_settlement(reservation: Reservation | None, cost: Decimal, rows: list[tuple]) -> Decimal | None:
+    """Once the settlement committed: raise the alerts it crossed; return the smallest room left."""
+    if reservation is None or not reservation.held or reservation.closed:
+        return None
+    reservation.closed = True
+    crossed, remaining = _crossings(reservation, cost, dict(rows))
+    for held, percent, spent in crossed:
+        alerts.raise_alert(held.budget_id, Alert.Kind.THRESHOLD, percent, held.window_start, held.window_end,
+                           spent=spent, amount=held.amount)
+    for held in reservation.held:
+        _check_forecast_now_and_then(held.budget_id)
+    return remaining
+
+
+def _crossings(reservation: Reservation, cost: Decimal, spent_after: dict[int, Decimal]):
+    crossed = []
+    remaining = None
+    for held in reservation.held:
+        if held.counter_id not in spent_after:  # the budget was deleted while the request ran
+            continue
+        after = spent_after[held.counter_id]
+        before = after - cost
+        room = max(held.amount - after, Decimal(0))
+        remaining = room if remaining is None else min(remaining, room)
+        for percent in held.thresholds:
+            line = held.amount * percent / HUNDRED
+            if before < line <= after:
+                crossed.append((held, percent, after))
+    return crossed, remaining
+
+
 def settle_reservation(reservation: Reservation | None, cost: Decimal) -> Decimal | None:
     """Replace the reservation by the real cost. Returns the smallest budget room left, if any budget applies.
 
     Call it inside the transaction that writes the ledger row, so both commit
     or neither does. A reservation already released (by the stale sweeper)
-    is not subtracted twice; the cost is still counted.
+    is not subtracted twice; the cost is still counted. (On PostgreSQL the
+    request path uses ``settlement_statements`` and ``after_settlement``,
+    the same settlement in the ledger row's single round trip.)
     """
     if reservation is None or not reservation.held or reservation.closed:
         return None
+    statements = settlement_statements(reservation, cost)
     reservation.closed = True
-    crossed = []
-    remaining = None
-    with transaction.atomic():
-        counter_ids = [h.counter_id for h in reservation.held]
-        locked = {c.pk: c for c in BudgetCounter.objects.select_for_update()
-                  .filter(pk__in=counter_ids).order_by("budget_id", "window_start")}
-        still_held = dict(BudgetReservation.objects.filter(pk__in=reservation.reservation_ids)
-                          .values_list("counter_id", "amount"))
-        BudgetReservation.objects.filter(pk__in=reservation.reservation_ids).delete()
-        for held in reservation.held:
-            counter = locked.get(held.counter_id)
-            if counter is None:  # the budget was deleted while the request ran
-                continue
-            release = still_held.get(counter.pk, Decimal(0))
-            BudgetCounter.objects.filter(pk=counter.pk).update(spent=F("spent") + cost,
-                                                               reserved=F("reserved") - release)
-            before, after = counter.spent, counter.spent + cost
-            room = max(held.amount - after, Decimal(0))
-            remaining = room if remaining is None else min(remaining, room)
-            for percent in held.thresholds:
-                line = held.amount * percent / HUNDRED
-                if before < line <= after:
-                    crossed.append((held, percent, after))
+    with transaction.atomic(savepoint=False):  # inside the ledger row's transaction: no savepoint needed
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                for statement in statements:
+                    cursor.execute(statement.sql, statement.params)
+                spent_after = dict(cursor.fetchall())
+        else:
+            spent_after = _settle_with_orm(reservation, cost)
+        crossed, remaining = _crossings(reservation, cost, spent_after)
         for held, percent, spent in crossed:
             alerts.raise_alert(held.budget_id, Alert.Kind.THRESHOLD, percent, held.window_start, held.window_end,
                                spent=spent, amount=held.amount)
     for held in reservation.held:
         _check_forecast_now_and_then(held.budget_id)
     return remaining
+
+
+def _settle_with_orm(reservation: Reservation, cost: Decimal) -> dict[int, Decimal]:
+    """Settlement on databases other than PostgreSQL (SQLite: the whole database is locked anyway)."""
+    counter_ids = [h.counter_id for h in reservation.held]
+    locked = {c.pk: c for c in BudgetCounter.objects.select_for_update()
+              .filter(pk__in=counter_ids).order_by("budget_id", "window_start")}
+    still_held = dict(BudgetReservation.objects.filter(pk__in=reservation.reservation_ids)
+                      .values_list("counter_id", "amount"))
+    BudgetReservation.objects.filter(pk__in=reservation.reservation_ids).delete()
+    spent_after = {}
+    for counter in locked.values():
+        release = still_held.get(counter.pk, Decimal(0))
+        BudgetCounter.objects.filter(pk=counter.pk).update(spent=F("spent") + cost, reserved=F("reserved") - release)
+        spent_after[counter.pk] = counter.spent + cost
+    return spent_after
 
 
 def release_reservation(reservation: Reservation | None) -> None:
@@ -338,8 +504,6 @@ def release_reservation(reservation: Reservation | None) -> None:
     with transaction.atomic():
         _release_rows(reservation.reservation_ids)
 
-
-arelease_reservation = sync_to_async(release_reservation)
 
 
 def _release_rows(reservation_ids) -> int:
@@ -371,7 +535,8 @@ def release_stale_reservations(older_than_s: float | None = None, now: datetime 
 
 def _sweep_stale_reservations_now_and_then() -> None:
     # Beat runs the sweep too; this keeps the embedded default (no beat) from leaking reservations.
-    if cache.add("budgets:stale-sweep", 1, timeout=max(1, int(settings.TOLLGATE_RESERVATION_TTL_S // 4))):
+    interval = max(1, int(settings.TOLLGATE_RESERVATION_TTL_S // 4))
+    if _housekeeping.due("stale-sweep", interval) and cache.add("budgets:stale-sweep", 1, timeout=interval):
         release_stale_reservations()
 
 
@@ -410,15 +575,21 @@ def rebuild_counters(budget_ids=None, at: datetime | None = None) -> list[Budget
 
 def reset_budgets(budget_ids, at: datetime | None = None) -> int:
     """Start the current period over from now: spend before `at` no longer counts against these budgets."""
-    return Budget.objects.filter(pk__in=list(budget_ids)).update(reset_at=at or timezone.now())
+    changed = Budget.objects.filter(pk__in=list(budget_ids)).update(reset_at=at or timezone.now())
+    forget_cached_budgets()
+    return changed
 
 
 def pause_budgets(budget_ids) -> int:
-    return Budget.objects.filter(pk__in=list(budget_ids)).update(is_active=False)
+    changed = Budget.objects.filter(pk__in=list(budget_ids)).update(is_active=False)
+    forget_cached_budgets()
+    return changed
 
 
 def resume_budgets(budget_ids) -> int:
-    return Budget.objects.filter(pk__in=list(budget_ids)).update(is_active=True)
+    changed = Budget.objects.filter(pk__in=list(budget_ids)).update(is_active=True)
+    forget_cached_budgets()
+    return changed
 
 
 # --- status and forecasts ---------------------------------------------------
@@ -488,7 +659,9 @@ def check_all_forecasts(at: datetime | None = None) -> int:
 
 def _check_forecast_now_and_then(budget_id: int) -> None:
     # At most once per interval per budget, across processes (cache.add is atomic on Redis).
-    if cache.add(f"budgets:forecast:{budget_id}", 1, timeout=max(1, int(settings.TOLLGATE_FORECAST_CHECK_INTERVAL_S))):
+    interval = max(1, int(settings.TOLLGATE_FORECAST_CHECK_INTERVAL_S))
+    if (_housekeeping.due(("forecast", budget_id), interval)
+            and cache.add(f"budgets:forecast:{budget_id}", 1, timeout=interval)):
         budget = Budget.objects.select_related("organization", "feature", "api_key", "user").filter(
             pk=budget_id, is_active=True).first()
         if budget is not None:

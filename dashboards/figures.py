@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 _LAYOUT = dict(
     margin=dict(l=48, r=16, t=40, b=40),
@@ -35,3 +36,72 @@ def spend_by_key(rows: list[dict], title: str, colour: str) -> go.Figure:
     layout = dict(_LAYOUT, xaxis=dict(tickprefix="$", tickformat=",.3~r", gridcolor="#e5e7eb", rangemode="tozero"), yaxis=dict())
     fig.update_layout(title=title, **layout)
     return fig
+
+
+_MONEY_AXIS = dict(tickprefix="$", tickformat=",.3~r", gridcolor="#e5e7eb", rangemode="tozero")
+_BILLED = "#2563eb"
+_NOT_BILLED = "#9ca3af"
+
+
+def cost_components(components) -> go.Figure:
+    """Billed components (base, escalation) beside what is only recorded (retry) or counterfactual (savings).
+
+    Not-billed bars are grey and hatched and say so in the legend and hover, so
+    nobody adds them to the bill by eye.
+    """
+    # Two-line labels: a half-width panel would otherwise tilt them.
+    billed = [("Base", components.base), ("Escalation", components.escalation)]
+    not_billed = [("Retry", components.retry), ("Cache<br>savings", components.savings_cache),
+                  ("Token<br>savings", components.savings_tokens)]
+    fig = go.Figure([
+        go.Bar(x=[k for k, _ in billed], y=[float(v) for _, v in billed], name="Billed", marker_color=_BILLED,
+               hovertemplate="%{x}: $%{y:,.3~r} (billed)<extra></extra>"),
+        go.Bar(x=[k for k, _ in not_billed], y=[float(v) for _, v in not_billed],
+               name="Not billed (recorded or counterfactual)", marker_color=_NOT_BILLED,
+               marker_pattern_shape="/", hovertemplate="%{x}: $%{y:,.3~r} (not billed)<extra></extra>"),
+    ])
+    fig.update_layout(title="Cost components", barmode="group", bargap=0.3,
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    fig.update_xaxes(tickangle=0)
+    return fig
+
+
+def _say_when_empty(fig: go.Figure, empty: bool, message: str) -> go.Figure:
+    """An empty chart says why instead of showing bare axes."""
+    if empty:
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                           font=dict(color="#6b7280"))
+    return fig
+
+
+def gpu_by_pool(pools: list) -> go.Figure:
+    """Engine-seconds and GPU cost per pool, side by side (two axes would hide one of them)."""
+    names = [p.pool or "(no pool)" for p in pools][::-1]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.08,
+                        subplot_titles=("Engine-seconds", "GPU cost"))
+    fig.add_trace(go.Bar(x=[p.engine_seconds for p in pools][::-1], y=names, orientation="h",
+                         marker_color="#0891b2", name="Engine-seconds",
+                         hovertemplate="%{y}: %{x:,.4~r} s<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=[float(p.cost_gpu) for p in pools][::-1], y=names, orientation="h",
+                         marker_color="#d97706", name="GPU cost",
+                         hovertemplate="%{y}: $%{x:,.3~r}<extra></extra>"), row=1, col=2)
+    layout = {k: v for k, v in _LAYOUT.items() if k != "yaxis"}
+    fig.update_layout(title="GPU time per pool", showlegend=False, **layout)
+    fig.update_xaxes(rangemode="tozero", gridcolor="#e5e7eb", row=1, col=1)
+    fig.update_xaxes(**_MONEY_AXIS, row=1, col=2)
+    return _say_when_empty(fig, not pools, "No GPU time in this period")
+
+
+def pool_utilization(pools: list) -> go.Figure:
+    """Busy share of each pool's paid capacity (engine-seconds ÷ replica-seconds); pools without a rate are left out."""
+    rated = [p for p in pools if p.utilization is not None][::-1]
+    fig = go.Figure(go.Bar(
+        x=[p.utilization for p in rated], y=[p.pool for p in rated], orientation="h", marker_color="#16a34a",
+        customdata=[[p.engine_seconds, float(p.replica_seconds)] for p in rated],
+        hovertemplate="%{y}: %{x:.1%} (%{customdata[0]:,.4~r} of %{customdata[1]:,.0f} replica-seconds)"
+                      "<extra></extra>"))
+    layout = dict(_LAYOUT, xaxis=dict(tickformat=".0%", gridcolor="#e5e7eb", rangemode="tozero"), yaxis=dict())
+    fig.update_layout(title="GPU utilization per pool", **layout)
+    return _say_when_empty(fig, not rated, "No pool with a rate was used in this period")

@@ -18,6 +18,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import IsAdminUser
 from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
 from rest_framework.views import APIView
 
@@ -244,3 +245,76 @@ class UsageEventsView(_UsageView):
         rows = _LazyRows(lambda: queries.usage_events_count(f),
                          lambda limit, offset: queries.usage_events(f, limit=limit, offset=offset))
         return self._respond(request, rows, UsageEvent)
+
+
+# --- Pool statements (staff only): /api/pools/<pool>/statement/ -------------------------------
+
+
+class PoolStatementQuery(serializers.Serializer):
+    period = serializers.RegexField(r"^\d{4}-\d{2}$", required=False, help_text="A UTC month, YYYY-MM.")
+    start = serializers.DateTimeField(required=False, help_text="Inclusive, ISO 8601 (instead of period).")
+    end = serializers.DateTimeField(required=False, help_text="Exclusive, ISO 8601 (instead of period).")
+
+    def validate(self, attrs):
+        from .pool_statements import month_period
+
+        if attrs.get("period"):
+            if "start" in attrs or "end" in attrs:
+                raise serializers.ValidationError("give either period or start and end, not both.")
+            try:
+                attrs["start"], attrs["end"] = month_period(attrs["period"])
+            except ValueError as exc:
+                raise serializers.ValidationError({"period": str(exc)})
+        elif "start" not in attrs or "end" not in attrs:
+            raise serializers.ValidationError("give period (YYYY-MM) or both start and end.")
+        if attrs["start"] >= attrs["end"]:
+            raise serializers.ValidationError({"start": "start must be before end."})
+        return attrs
+
+
+class PoolStatementLine(serializers.Serializer):
+    org_id = serializers.IntegerField()
+    org = serializers.CharField(source="org_slug")
+    org_name = serializers.CharField()
+    mode = serializers.CharField(help_text="The org's chargeback mode; only gpu_shared orgs carry an idle share.")
+    used = serializers.DecimalField(**MONEY, help_text="The org's own GPU cost (failed attempts included).")
+    idle_share = serializers.DecimalField(**MONEY)
+    charge = serializers.DecimalField(**MONEY, help_text="used + idle_share.")
+
+
+class PoolStatementBody(serializers.Serializer):
+    pool = serializers.CharField(source="statement.pool")
+    start = serializers.DateTimeField(source="statement.start")
+    end = serializers.DateTimeField(source="statement.end")
+    total = serializers.DecimalField(**MONEY, source="statement.total",
+                                     help_text="$/GPU-hour × GPUs × hours, piecewise over rate changes.")
+    used = serializers.DecimalField(**MONEY, source="statement.used")
+    idle = serializers.DecimalField(**MONEY, source="statement.idle")
+    lines = PoolStatementLine(many=True)
+    platform_overhead = serializers.DecimalField(
+        **MONEY, source="statement.platform_overhead", help_text="total − sum(lines.charge), exactly.")
+    engine_seconds = serializers.FloatField()
+    replica_seconds = serializers.DecimalField(max_digits=38, decimal_places=3, allow_null=True,
+                                               help_text="Capacity paid for: GPUs ÷ GPUs per replica × seconds.")
+    utilization = serializers.FloatField(allow_null=True, help_text="engine_seconds ÷ replica_seconds.")
+
+
+class PoolStatementView(APIView):
+    permission_classes = [IsAdminUser]
+    renderer_classes = [JSONRenderer, BrowsableAPIRenderer]
+
+    @extend_schema(parameters=[PoolStatementQuery], responses=PoolStatementBody,
+                   summary="A GPU pool's cost over a period and who pays it", tags=["pools"])
+    def get(self, request, pool: str):
+        """Per-org charges (own GPU time plus any idle share) and platform overhead; they add up to total."""
+        from rest_framework.response import Response
+
+        from .models import PoolRate
+        from .pool_statements import pool_statement_report
+
+        query = PoolStatementQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        if not PoolRate.objects.filter(pool=pool).exists():
+            raise Http404("No such pool.")
+        report = pool_statement_report(pool, query.validated_data["start"], query.validated_data["end"])
+        return Response(PoolStatementBody(report).data)

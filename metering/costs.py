@@ -16,6 +16,8 @@ from decimal import ROUND_DOWN, Decimal
 from django.conf import settings
 from django.db.models import Q, Sum
 
+from tollgate.memo import Memo
+
 from .models import ChargebackMode, ChargebackPolicy, PoolRate, Price, UsageRecord
 from .pricing import PER_MILLION, quantize_money
 
@@ -38,15 +40,32 @@ class PoolCost:
         return quantize_money(seconds * self.gpus_per_replica * self.usd_per_gpu_hour / SECONDS_PER_HOUR)
 
 
+# Per web process (tollgate/memo.py); edits in this process drop these at once (metering.signals).
+_pool_rates: Memo[tuple[tuple[datetime, PoolCost], ...]] = Memo("pool rates")
+_chargeback_modes: Memo[str] = Memo("chargeback modes")
+
+
+def _load_pool_rates(pool: str) -> tuple[tuple[datetime, PoolCost], ...]:
+    return tuple(
+        (rate.effective_from, PoolCost(pool=rate.pool, rate_id=rate.pk, usd_per_gpu_hour=rate.usd_per_gpu_hour,
+                                       gpus=rate.gpus, gpus_per_replica=rate.gpus_per_replica))
+        for rate in PoolRate.objects.filter(pool=pool).order_by("-effective_from")
+    )
+
+
+def forget_cost_settings() -> None:
+    _pool_rates.invalidate()
+    _chargeback_modes.invalidate()
+
+
 def pool_cost(pool: str, at: datetime) -> PoolCost | None:
     """The pool's rate in force at `at`, or None for a pool with no rate (its GPU time costs nothing)."""
     if not pool:
         return None
-    rate = PoolRate.objects.filter(pool=pool, effective_from__lte=at).order_by("-effective_from").first()
-    if rate is None:
-        return None
-    return PoolCost(pool=rate.pool, rate_id=rate.pk, usd_per_gpu_hour=rate.usd_per_gpu_hour, gpus=rate.gpus,
-                    gpus_per_replica=rate.gpus_per_replica)
+    for effective_from, rate in _pool_rates.get(pool, lambda: _load_pool_rates(pool)):
+        if effective_from <= at:
+            return rate
+    return None
 
 
 def gpu_cost_of_request(pool: str, engine_seconds: float, at: datetime) -> Decimal:
@@ -55,8 +74,11 @@ def gpu_cost_of_request(pool: str, engine_seconds: float, at: datetime) -> Decim
 
 
 def chargeback_mode(org_id: int) -> str:
-    policy = ChargebackPolicy.objects.filter(organization_id=org_id).values_list("mode", flat=True).first()
-    return policy or ChargebackMode.TOKENS
+    def load() -> str:
+        policy = ChargebackPolicy.objects.filter(organization_id=org_id).values_list("mode", flat=True).first()
+        return policy or ChargebackMode.TOKENS
+
+    return _chargeback_modes.get(org_id, load)
 
 
 def savings_for_removed_tokens(price_id: int | None, tokens_saved: int) -> Decimal:

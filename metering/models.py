@@ -133,6 +133,7 @@ class UsageRecord(models.Model):
 
     queue_wait_ms = models.FloatField(default=0)
     ttft_ms = models.FloatField(null=True, blank=True)
+    tpot_ms = models.FloatField(null=True, blank=True, help_text="Time per output token after the first.")
     duration_ms = models.FloatField(default=0)
     engine_seconds = models.FloatField(default=0)
 

@@ -8,6 +8,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 
+from tollgate.memo import Memo
+
 from .models import CatalogModel, Price
 
 PER_MILLION = Decimal(1_000_000)
@@ -46,29 +48,44 @@ def quantize_money(amount: Decimal) -> Decimal:
     return amount.quantize(settings.MONEY_QUANTUM, rounding=ROUND_HALF_UP)
 
 
+# Each model's price book (every price row, newest first), per web process: see tollgate/memo.py.
+# Price and catalog edits in this process drop it at once (metering.signals).
+_price_books: Memo[tuple[tuple[datetime, CatalogEntry], ...]] = Memo("price books")
+
+
+def _load_price_book(model_name: str) -> tuple[tuple[datetime, CatalogEntry], ...]:
+    prices = (Price.objects.select_related("model").filter(model__name=model_name, model__is_active=True)
+              .order_by("-effective_from"))
+    return tuple(
+        (price.effective_from, CatalogEntry(
+            name=price.model.name,
+            tier=price.model.tier,
+            context_window=price.model.context_window,
+            price_id=price.pk,
+            input_per_mtok=price.input_per_mtok,
+            cached_input_per_mtok=price.cached_input_per_mtok,
+            output_per_mtok=price.output_per_mtok,
+        ))
+        for price in prices
+    )
+
+
+def forget_price_books() -> None:
+    _price_books.invalidate()
+
+
 def catalog_entry(model_name: str, at: datetime) -> CatalogEntry:
     """The active model called `model_name` with the price effective at `at`.
 
     Raises UnknownModel when the model is missing, inactive or has no price yet
-    (an unpriced model is never served for free).
+    (an unpriced model is never served for free). Every price row is kept, so a
+    price that takes effect later applies from its moment without a reload.
     """
-    price = (
-        Price.objects.select_related("model")
-        .filter(model__name=model_name, model__is_active=True, effective_from__lte=at)
-        .order_by("-effective_from")
-        .first()
-    )
-    if price is None:
-        raise UnknownModel(model_name)
-    return CatalogEntry(
-        name=price.model.name,
-        tier=price.model.tier,
-        context_window=price.model.context_window,
-        price_id=price.pk,
-        input_per_mtok=price.input_per_mtok,
-        cached_input_per_mtok=price.cached_input_per_mtok,
-        output_per_mtok=price.output_per_mtok,
-    )
+    book = _price_books.get(model_name, lambda: _load_price_book(model_name), store=bool)
+    for effective_from, entry in book:
+        if effective_from <= at:
+            return entry
+    raise UnknownModel(model_name)
 
 
 def cost_of_tokens(

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import connection, transaction
+
+from tollgate import db
 
 from . import costs
 from .metrics import observe_usage
@@ -40,6 +41,8 @@ class UsageDraft:
     tokens_saved: int = 0
     queue_wait_ms: float = 0.0
     ttft_ms: float | None = None
+    # Time per output token after the first (decode speed); None when unknown.
+    tpot_ms: float | None = None
     duration_ms: float = 0.0
     engine_seconds: float = 0.0
     cost_input: Decimal = Decimal(0)
@@ -94,54 +97,96 @@ def finalize_costs(draft: UsageDraft) -> UsageDraft:
 
 def record_usage(draft: UsageDraft) -> UsageRecord:
     """Write one ledger row durably. Shipping to ClickHouse happens later, from the outbox."""
-    finalize_costs(draft)
-    charge = draft.charge
-    with transaction.atomic():
-        record = UsageRecord.objects.create(
-            request_id=draft.request_id,
-            trace_id=draft.trace_id,
-            created_at=draft.created_at,
-            organization_id=draft.org_id,
-            feature=draft.feature,
-            api_key_id=draft.api_key_id,
-            user_id=draft.user_id,
-            endpoint=draft.endpoint,
-            model_requested=draft.model_requested,
-            model_served=draft.model_served,
-            pool=draft.pool,
-            replica=draft.replica,
-            attempt_kind=draft.attempt_kind,
-            status=draft.status,
-            error_code=draft.error_code,
-            streamed=draft.streamed,
-            input_tokens=draft.input_tokens,
-            cached_input_tokens=draft.cached_input_tokens,
-            output_tokens=draft.output_tokens,
-            tokens_saved=draft.tokens_saved,
-            queue_wait_ms=draft.queue_wait_ms,
-            ttft_ms=draft.ttft_ms,
-            duration_ms=draft.duration_ms,
-            engine_seconds=draft.engine_seconds,
-            cost_input=draft.cost_input,
-            cost_output=draft.cost_output,
-            cost_gpu=draft.cost_gpu,
-            cost_total=charge.billed,
-            chargeback_mode=draft.chargeback_mode,
-            cost_base=charge.base,
-            cost_retry=charge.retry,
-            cost_escalation=charge.escalation,
-            savings_cache=draft.savings_cache,
-            savings_tokens=draft.savings_tokens,
-            price_id=draft.price_id,
-            pool_rate_id=draft.pool_rate_id,
-            cache_hit=draft.cache_hit,
-            downgraded=draft.downgraded,
-            discarded=draft.discarded,
-            retry_attempt=draft.retry_attempt,
-        )
+    record = ledger_row(draft)
+    # Joins the caller's transaction (settlement) without a savepoint: the row and the budget
+    # counters commit together or not at all.
+    with transaction.atomic(savepoint=False):
+        if connection.vendor == "postgresql":
+            statement = ledger_insert(record)
+            with connection.cursor() as cursor:
+                cursor.execute(statement.sql, statement.params)
+            mark_saved(record)
+        else:  # SQLite (the embedded default): the ORM adapts the values for it
+            record.save(force_insert=True)
         # Counters for /metrics move only once the row is durable.
         transaction.on_commit(lambda: observe_usage(record))
     return record
 
 
-arecord_usage = sync_to_async(record_usage)
+def ledger_row(draft: UsageDraft) -> UsageRecord:
+    """The unsaved ledger row for ``draft``, its costs final."""
+    finalize_costs(draft)
+    charge = draft.charge
+    return UsageRecord(
+        request_id=draft.request_id,
+        trace_id=draft.trace_id,
+        created_at=draft.created_at,
+        organization_id=draft.org_id,
+        feature=draft.feature,
+        api_key_id=draft.api_key_id,
+        user_id=draft.user_id,
+        endpoint=draft.endpoint,
+        model_requested=draft.model_requested,
+        model_served=draft.model_served,
+        pool=draft.pool,
+        replica=draft.replica,
+        attempt_kind=draft.attempt_kind,
+        status=draft.status,
+        error_code=draft.error_code,
+        streamed=draft.streamed,
+        input_tokens=draft.input_tokens,
+        cached_input_tokens=draft.cached_input_tokens,
+        output_tokens=draft.output_tokens,
+        tokens_saved=draft.tokens_saved,
+        queue_wait_ms=draft.queue_wait_ms,
+        ttft_ms=draft.ttft_ms,
+        tpot_ms=draft.tpot_ms,
+        duration_ms=draft.duration_ms,
+        engine_seconds=draft.engine_seconds,
+        cost_input=draft.cost_input,
+        cost_output=draft.cost_output,
+        cost_gpu=draft.cost_gpu,
+        cost_total=charge.billed,
+        chargeback_mode=draft.chargeback_mode,
+        cost_base=charge.base,
+        cost_retry=charge.retry,
+        cost_escalation=charge.escalation,
+        savings_cache=draft.savings_cache,
+        savings_tokens=draft.savings_tokens,
+        price_id=draft.price_id,
+        pool_rate_id=draft.pool_rate_id,
+        cache_hit=draft.cache_hit,
+        downgraded=draft.downgraded,
+        discarded=draft.discarded,
+        retry_attempt=draft.retry_attempt,
+    )
+
+
+_INSERT_FIELDS = [f for f in UsageRecord._meta.concrete_fields]
+_INSERT_SQL = "INSERT INTO {} ({}) VALUES ({})".format(
+    UsageRecord._meta.db_table, ", ".join(f'"{f.column}"' for f in _INSERT_FIELDS),
+    ", ".join(["%s"] * len(_INSERT_FIELDS)),
+)
+
+
+def ledger_insert(record: UsageRecord) -> db.Statement:
+    """The INSERT of one ledger row, for the caller's transaction (PostgreSQL).
+
+    Every request writes one; the ORM spends more time compiling the INSERT
+    than PostgreSQL spends running it. Values go in as they are, since
+    psycopg adapts every type the ledger uses (UUID, aware datetimes,
+    Decimal, bool, float, int, str, None).
+    """
+    return db.Statement(_INSERT_SQL, [getattr(record, f.attname) for f in _INSERT_FIELDS])
+
+
+def mark_saved(record: UsageRecord) -> None:
+    """Tell the ORM that ``record`` (inserted with ``ledger_insert``) is in the database."""
+    record._state.adding = False
+    record._state.db = connection.alias
+
+
+def ledger_committed(record: UsageRecord) -> None:
+    """After the transaction holding ``record`` (from ``ledger_insert``) committed: count it for /metrics."""
+    mark_saved(record)
+    observe_usage(record)

@@ -25,9 +25,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from budgets import services as budgets
 from metering import pricing
 from metering.models import UsageRecord
-from metering.services import UsageDraft, record_usage
+from metering.services import UsageDraft, ledger_committed, ledger_insert, ledger_row, record_usage
 from metering.tracing import request_attributes, route_attributes, tenant_attributes, tracer, usage_attributes
 from tenants import services as tenants
+from tollgate import db
 
 from . import errors
 from .engines.base import ChatMessage, Engine, EngineError, GenerationRequest, GenerationResult, SamplingParams
@@ -163,6 +164,7 @@ def on_thread_pool(fn):
 
 
 aprepare_chat = on_thread_pool(prepare_chat)
+arelease_reservation = on_thread_pool(budgets.release_reservation)
 
 
 def _downgrade_estimate(messages, max_tokens: int, cap: int | None, at: datetime) -> budgets.CostEstimate | None:
@@ -208,7 +210,7 @@ def settle_chat(prepared: PreparedChat, result: GenerationResult | None, *, stat
         if result.time_to_first_token_s is not None:
             draft.ttft_ms = result.time_to_first_token_s * 1000.0
             if result.completion_tokens > 1:
-                draft.extra["tpot_ms"] = (draft.duration_ms - draft.ttft_ms) / (result.completion_tokens - 1)
+                draft.tpot_ms = (draft.duration_ms - draft.ttft_ms) / (result.completion_tokens - 1)
         if status != UsageRecord.Status.REFUSED:
             # Failed attempts are priced too: metering records that as retry cost and bills nothing for it.
             cost = pricing.cost_of_tokens(prepared.entry, input_tokens=result.prompt_tokens,
@@ -216,9 +218,20 @@ def settle_chat(prepared: PreparedChat, result: GenerationResult | None, *, stat
                                           cached_input_tokens=result.cached_prompt_tokens)
             draft.cost_input, draft.cost_output = cost.input, cost.output
     draft.downgraded = bool(prepared.reservation and prepared.reservation.downgraded)
-    with transaction.atomic():  # the ledger row and the budget counters commit together
-        record = record_usage(draft)
-        room = budgets.settle_reservation(prepared.reservation, record.cost_total)
+    # The ledger row and the budget counters commit together: on PostgreSQL as one transaction sent
+    # in one round trip (tollgate/db.py), elsewhere through the ORM.
+    if db.can_batch():
+        record = ledger_row(draft)
+        rows = db.run_transaction(
+            [ledger_insert(record), *budgets.settlement_statements(prepared.reservation, record.cost_total)],
+            synchronous_commit=settings.TOLLGATE_LEDGER_SYNCHRONOUS_COMMIT,
+        )
+        ledger_committed(record)
+        room = budgets.after_settlement(prepared.reservation, record.cost_total, rows)
+    else:
+        with transaction.atomic():
+            record = record_usage(draft)
+            room = budgets.settle_reservation(prepared.reservation, record.cost_total)
     remaining = None if room is None else pricing.quantize_money(room)
     return draft, Settlement(cost=draft.cost_total, model=draft.model_served, budget_remaining=remaining)
 
@@ -230,8 +243,8 @@ def timing_attributes(draft: UsageDraft) -> dict:
     """Span attributes for where the request's time went (the usage row holds the same numbers)."""
     attrs = {"tollgate.replica": draft.replica, "tollgate.queue_wait_ms": draft.queue_wait_ms,
              "tollgate.duration_ms": draft.duration_ms}
-    if "tpot_ms" in draft.extra:
-        attrs["tollgate.time_per_output_token_ms"] = draft.extra["tpot_ms"]
+    if draft.tpot_ms is not None:
+        attrs["tollgate.time_per_output_token_ms"] = draft.tpot_ms
     return attrs
 
 
@@ -296,12 +309,12 @@ class ChatCall:
         try:
             self.stream = await open_generation(self.prepared.engine, self.prepared.generation)
         except PoolQueueFull as exc:
-            await budgets.arelease_reservation(self.prepared.reservation)  # nothing was spent
+            await arelease_reservation(self.prepared.reservation)  # nothing was spent
             self.engine_span.set_status(Status(StatusCode.ERROR, "queue_full"))
             self.engine_span.end()
             raise errors.QueueFull(str(exc), headers={"Retry-After": str(exc.retry_after_s)})
         except EngineError as exc:
-            await budgets.arelease_reservation(self.prepared.reservation)
+            await arelease_reservation(self.prepared.reservation)
             self.engine_span.end()
             raise errors.EngineUnavailable(f"The model `{self.prepared.entry.name}` is unavailable: {exc}")
 
@@ -328,6 +341,13 @@ class ChatCall:
         self.settlement = settlement
         return settlement
 
+    async def _abandon(self, stream) -> None:
+        """Stop generating for a client that left, then bill the tokens produced so far."""
+        try:
+            await stream.cancel()
+        finally:
+            await self._settle(stream.result, UsageRecord.Status.CANCELLED, "client_disconnected")
+
     async def complete(self) -> dict:
         """Generate the whole answer, settle, and return the response body."""
         stream = await self._start_stream()
@@ -340,8 +360,7 @@ class ChatCall:
             raise errors.EngineUnavailable(f"The engine failed while generating: {exc}")
         except asyncio.CancelledError:
             # Client went away: bill what the engine produced, once.
-            await stream.cancel()
-            await asyncio.shield(self._settle(stream.result, UsageRecord.Status.CANCELLED, "client_disconnected"))
+            await asyncio.shield(self._abandon(stream))
             raise
         except Exception:
             await stream.cancel()
@@ -392,6 +411,7 @@ class ChatCall:
                 yield _chunk(prepared, self.created, usage=usage_body(result))
         finally:
             if not settled:
-                await stream.cancel()
-                await asyncio.shield(self._settle(stream.result, UsageRecord.Status.CANCELLED,
-                                                  "client_disconnected"))
+                # The client left. The server cancels this task and keeps cancelling it at every await
+                # (anyio's cancel scopes are level-triggered), so stopping the engine and billing what it
+                # produced run as one shielded task that finishes whatever happens here.
+                await asyncio.shield(self._abandon(stream))

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
@@ -143,7 +142,7 @@ async def create_embeddings(prepared: PreparedEmbeddings) -> tuple[dict, UsageDr
     try:
         waited = await pool.admit_request()
     except PoolQueueFull as exc:
-        await sync_to_async(budgets.release_reservation)(prepared.reservation)
+        await on_thread_pool(budgets.release_reservation)(prepared.reservation)
         raise errors.QueueFull(str(exc), headers={"Retry-After": str(exc.retry_after_s)})
     admitted = time.perf_counter()
     tried: set[str] = set()

@@ -5,7 +5,7 @@ Service code raises these; the views turn them into responses in one place.
 
 from __future__ import annotations
 
-from django.http import JsonResponse
+from starlette.responses import JSONResponse
 
 
 class OpenAIError(Exception):
@@ -93,10 +93,8 @@ class EngineUnavailable(OpenAIError):
     code = "engine_unavailable"
 
 
-def error_response(error: OpenAIError, request_id: str | None = None) -> JsonResponse:
-    response = JsonResponse(error.body(), status=error.status)
-    for name, value in error.headers.items():
-        response[name] = value
+def error_response(error: OpenAIError, request_id: str | None = None) -> JSONResponse:
+    headers = dict(error.headers)
     if request_id:
-        response["X-Request-Id"] = request_id
-    return response
+        headers["X-Request-Id"] = request_id
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)

@@ -88,5 +88,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected API keys")
     def revoke_selected(self, request, queryset):
+        prefixes = list(queryset.values_list("prefix", flat=True))
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        for prefix in prefixes:  # update() sends no signals
+            services.forget_cached_keys(prefix)
         self.message_user(request, f"Revoked {count} key(s).")

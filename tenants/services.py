@@ -7,11 +7,13 @@ import hmac
 import secrets
 import string
 from dataclasses import dataclass
+from datetime import datetime
 
-from asgiref.sync import sync_to_async
 from django.core.cache import cache
 from django.db.models import Q
 from django.utils import timezone
+
+from tollgate.memo import Memo, Throttle
 
 from .models import ApiKey, Feature, Membership, Organization
 
@@ -113,6 +115,60 @@ def redact_key(plaintext_key: str) -> str:
     return f"{plaintext_key[:7]}…{plaintext_key[-4:]}"
 
 
+@dataclass(frozen=True)
+class KeyRecord:
+    """What authentication needs of one key row, as plain data (memoized per web process)."""
+
+    key_id: int
+    prefix: str
+    secret_hash: str
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    user_id: int | None
+    org_id: int
+    org_slug: str
+    org_timezone: str
+    default_feature_id: int | None
+    default_feature_slug: str
+
+
+# Keys by prefix. A revocation in this process drops the entry at once (revoke_api_key, signals);
+# other web processes notice within TOLLGATE_CONFIG_CACHE_TTL_S.
+_keys: Memo[KeyRecord | None] = Memo("api keys")
+_features: Memo[int | None] = Memo("features")
+_last_used = Throttle()
+
+
+def _load_key(prefix: str) -> KeyRecord | None:
+    key = ApiKey.objects.select_related("organization", "default_feature").filter(prefix=prefix).first()
+    if key is None:
+        return None
+    feature = key.default_feature
+    return KeyRecord(
+        key_id=key.pk, prefix=key.prefix, secret_hash=key.secret_hash, revoked_at=key.revoked_at,
+        expires_at=key.expires_at, user_id=key.user_id, org_id=key.organization_id,
+        org_slug=key.organization.slug, org_timezone=key.organization.timezone,
+        default_feature_id=feature.pk if feature else None, default_feature_slug=feature.slug if feature else "",
+    )
+
+
+def _feature_id(org_id: int, slug: str) -> int | None:
+    return _features.get(
+        (org_id, slug),
+        lambda: Feature.objects.filter(organization_id=org_id, slug=slug).values_list("pk", flat=True).first(),
+        store=lambda pk: pk is not None,
+    )
+
+
+def forget_cached_keys(prefix: str | None = None) -> None:
+    """Drop memoized keys (one, or all) so the next request reads the database."""
+    if prefix is None:
+        _keys.invalidate()
+        _features.invalidate()
+    else:
+        _keys.invalidate(prefix)
+
+
 def authenticate_api_key(authorization_header: str | None, feature_slug: str | None = None) -> TenantContext:
     """Resolve `Authorization: Bearer <key>` (and an optional X-Feature) to a tenant.
 
@@ -129,11 +185,8 @@ def authenticate_api_key(authorization_header: str | None, feature_slug: str | N
     prefix = parse_prefix(plaintext)
     key = None
     if prefix is not None:
-        key = (
-            ApiKey.objects.select_related("organization", "default_feature")
-            .filter(prefix=prefix)
-            .first()
-        )
+        # Unknown prefixes are not memoized, so guessing keys cannot fill the memo.
+        key = _keys.get(prefix, lambda: _load_key(prefix), store=lambda record: record is not None)
     if key is None or not hmac.compare_digest(key.secret_hash, hash_secret(plaintext)):
         raise AuthenticationFailed(f"Incorrect API key provided: {redact_key(plaintext)}.")
     now = timezone.now()
@@ -142,37 +195,38 @@ def authenticate_api_key(authorization_header: str | None, feature_slug: str | N
     if key.expires_at is not None and key.expires_at <= now:
         raise AuthenticationFailed("This API key has expired.")
 
-    feature = key.default_feature
-    if feature_slug:
-        if feature is None or feature.slug != feature_slug:
-            feature = Feature.objects.filter(organization_id=key.organization_id, slug=feature_slug).first()
-            if feature is None:
-                raise UnknownFeature(feature_slug)
+    feature_id, feature = key.default_feature_id, key.default_feature_slug
+    if feature_slug and feature_slug != feature:
+        feature_id, feature = _feature_id(key.org_id, feature_slug), feature_slug
+        if feature_id is None:
+            raise UnknownFeature(feature_slug)
 
-    _touch_last_used(key, now)
+    _touch_last_used(key.key_id, now)
     return TenantContext(
-        org_id=key.organization_id,
-        org_slug=key.organization.slug,
-        org_timezone=key.organization.timezone,
-        api_key_id=key.pk,
+        org_id=key.org_id,
+        org_slug=key.org_slug,
+        org_timezone=key.org_timezone,
+        api_key_id=key.key_id,
         api_key_prefix=key.prefix,
         user_id=key.user_id,
-        feature_id=feature.pk if feature else None,
-        feature_slug=feature.slug if feature else "",
+        feature_id=feature_id,
+        feature_slug=feature,
     )
 
 
-aauthenticate_api_key = sync_to_async(authenticate_api_key)
 
-
-def _touch_last_used(key: ApiKey, now) -> None:
-    # cache.add is atomic across processes with Redis: one write per key per interval.
-    if cache.add(f"tenants:key-used:{key.pk}", 1, timeout=LAST_USED_WRITE_INTERVAL_S):
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+def _touch_last_used(key_id: int, now) -> None:
+    # The in-process throttle spares the Redis round trip on almost every request; cache.add is
+    # atomic across processes with Redis, so there is still one write per key per interval overall.
+    if not _last_used.due(key_id, LAST_USED_WRITE_INTERVAL_S):
+        return
+    if cache.add(f"tenants:key-used:{key_id}", 1, timeout=LAST_USED_WRITE_INTERVAL_S):
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=now)
 
 
 def revoke_api_key(key: ApiKey) -> None:
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    forget_cached_keys(key.prefix)
 
 
 def organizations_managed_by(user) -> "list[Organization]":

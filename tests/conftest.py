@@ -68,6 +68,17 @@ def _close_other_connections():
             )
 
 
+@pytest.fixture(autouse=True)
+def forget_memoized_configuration():
+    """Each test starts with empty per-process memos (tollgate/memo.py): the database is emptied between
+    tests without sending the signals that would otherwise drop them."""
+    from tollgate.memo import clear_all_memos
+
+    clear_all_memos()
+    yield
+    clear_all_memos()
+
+
 @pytest.fixture
 def catalog(db):
     """The three CPU-engine models and the embedding model, with prices effective since last year."""

@@ -30,7 +30,8 @@ if settings.TOLLGATE_SERVE_STATIC:
 else:
     site_application = django_application
 
-# /v1 (the OpenAI API) skips the browser middleware: see serving/asgi.py.
-from serving.asgi import GatewayASGIHandler, route_gateway_requests  # noqa: E402
+# /v1 (the OpenAI API) is served by Starlette in this same process: see serving/views.py.
+from serving.asgi import route_gateway_requests  # noqa: E402
+from serving.views import gateway  # noqa: E402
 
-application = route_gateway_requests(GatewayASGIHandler(), site_application)
+application = route_gateway_requests(gateway, site_application)

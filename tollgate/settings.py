@@ -193,6 +193,13 @@ TOLLGATE_CPU_PREFIX_CACHE_BLOCKS = env_int("TOLLGATE_CPU_PREFIX_CACHE_BLOCKS", 1
 # Pools (serving.models; docs/configuration.md): admission, replica choice, health, remote workers.
 TOLLGATE_POOL_MAX_QUEUE = env_int("TOLLGATE_POOL_MAX_QUEUE", 256)
 TOLLGATE_POOL_CONFIG_TTL_S = float(env("TOLLGATE_POOL_CONFIG_TTL_S", "5"))
+# How long a web process may reuse API keys, prices, budget definitions and chargeback modes it has read
+# (tollgate/memo.py). The process that changes one sees the change at once; others within this many seconds.
+TOLLGATE_CONFIG_CACHE_TTL_S = float(env("TOLLGATE_CONFIG_CACHE_TTL_S", "5"))
+# true: a request's ledger row is flushed to disk (PostgreSQL WAL) before its response is sent, so no
+# served request's usage can be lost. false: the commit returns before the flush (about 1 ms sooner on
+# this project's machines); a PostgreSQL crash may then lose the last fraction of a second of ledger rows.
+TOLLGATE_LEDGER_SYNCHRONOUS_COMMIT = env_bool("TOLLGATE_LEDGER_SYNCHRONOUS_COMMIT", True)
 TOLLGATE_PREFIX_AFFINITY_CHARS = env_int("TOLLGATE_PREFIX_AFFINITY_CHARS", 256)
 TOLLGATE_PREFIX_AFFINITY_SLACK = env_int("TOLLGATE_PREFIX_AFFINITY_SLACK", 4)
 TOLLGATE_HEALTH_CHECK_INTERVAL_S = float(env("TOLLGATE_HEALTH_CHECK_INTERVAL_S", "2"))

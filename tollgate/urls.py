@@ -4,11 +4,11 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
+from metering import api as metering_api
 from metering import views as metering_views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="dashboards:index", permanent=False)),
-    path("v1/", include("serving.urls")),
     path("dashboards/", include("dashboards.urls")),
     path("budgets/", include("budgets.urls")),
     path("admin/", admin.site.urls),
@@ -16,6 +16,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/usage/", include("metering.urls")),
+    path("api/pools/<str:pool>/statement/", metering_api.PoolStatementView.as_view(), name="pool-statement"),
     path("metrics", metering_views.metrics, name="metrics"),
 ]
 

@@ -27,3 +27,16 @@ def usd(amount) -> str:
     if rounded == 0:
         return "<$0.000001" if amount > 0 else "$0.00"
     return f"${rounded:,}"
+
+
+@register.filter
+def percent(fraction) -> str:
+    """0.125 -> "12.5%"; under 1 % two significant digits (a big pool is rarely busy); None -> "—"."""
+    if fraction is None:
+        return "—"
+    pct = Decimal(str(fraction)) * 100
+    if 0 < abs(pct) < Decimal("0.01"):
+        return "<0.01%"
+    if 0 < abs(pct) < 1:
+        return f"{pct:.2g}%"
+    return f"{pct:.1f}%"

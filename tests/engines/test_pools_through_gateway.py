@@ -103,7 +103,9 @@ def test_a_killed_replica_is_taken_out_and_requests_succeed_on_the_other(openai_
         doomed.kill()
 
         served_by = []
-        for i in range(4):
+        # Prefix affinity spreads distinct prompts over both replicas; with 12 of them the chance that none
+        # lands on the dead one (so only the periodic health check could notice it) is 1 in 4,096.
+        for i in range(12):
             raw = openai_client.chat.completions.with_raw_response.create(
                 model=MINI, max_tokens=3, temperature=0,
                 messages=[{"role": "user", "content": f"question {i} " * (i + 1)}])
