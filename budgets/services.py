@@ -425,12 +425,20 @@ def after_settlement(reservation: Reservation | None, cost: Decimal, rows: list[
         return None
     reservation.closed = True
     crossed, remaining = _crossings(reservation, cost, dict(rows))
+    _raise_threshold_alerts(crossed)
+    _check_forecasts(reservation)
+    return remaining
+
+
+def _raise_threshold_alerts(crossed) -> None:
     for held, percent, spent in crossed:
         alerts.raise_alert(held.budget_id, Alert.Kind.THRESHOLD, percent, held.window_start, held.window_end,
                            spent=spent, amount=held.amount)
+
+
+def _check_forecasts(reservation: Reservation) -> None:
     for held in reservation.held:
         _check_forecast_now_and_then(held.budget_id)
-    return remaining
 
 
 def _crossings(reservation: Reservation, cost: Decimal, spent_after: dict[int, Decimal]):
@@ -472,11 +480,8 @@ def settle_reservation(reservation: Reservation | None, cost: Decimal) -> Decima
         else:
             spent_after = _settle_with_orm(reservation, cost)
         crossed, remaining = _crossings(reservation, cost, spent_after)
-        for held, percent, spent in crossed:
-            alerts.raise_alert(held.budget_id, Alert.Kind.THRESHOLD, percent, held.window_start, held.window_end,
-                               spent=spent, amount=held.amount)
-    for held in reservation.held:
-        _check_forecast_now_and_then(held.budget_id)
+        _raise_threshold_alerts(crossed)
+    _check_forecasts(reservation)
     return remaining
 
 
