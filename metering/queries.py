@@ -330,18 +330,21 @@ class OrgReconciliation:
     clickhouse_rows: int
     clickhouse_cost: Decimal
     rollup_cost: Decimal
+    # The daily rollup's total, when the period is whole UTC days (else None: that rollup cannot cut it).
+    daily_rollup_cost: Decimal | None = None
 
     @property
     def matches(self) -> bool:
-        """ClickHouse (raw and rollup) holds exactly the ledger's shipped rows."""
+        """ClickHouse (raw and both rollups) holds exactly the ledger's shipped rows."""
         shipped_rows = self.ledger_rows - self.pending_rows
         shipped_cost = self.ledger_cost - self.pending_cost
         return (self.clickhouse_rows == shipped_rows and self.clickhouse_cost == shipped_cost
-                and self.rollup_cost == shipped_cost)
+                and self.rollup_cost == shipped_cost
+                and self.daily_rollup_cost in (None, shipped_cost))
 
 
 def reconcile(start: datetime, end: datetime) -> list[OrgReconciliation]:
-    """Per-org totals over [start, end) from the ledger, usage_events (FINAL) and usage_hourly."""
+    """Per-org totals over [start, end) from the ledger, usage_events (FINAL), usage_hourly and usage_daily."""
     from django.db.models import Count, Q
 
     ledger = {
@@ -363,6 +366,12 @@ def reconcile(start: datetime, end: datetime) -> list[OrgReconciliation]:
         "SELECT org_id, sum(cost_total) FROM usage_hourly "
         "WHERE hour >= {start:DateTime64(6, 'UTC')} AND hour < {end:DateTime64(6, 'UTC')} GROUP BY org_id",
         parameters=params).result_rows}
+    daily = None
+    if _whole_utc_days(start) and _whole_utc_days(end):
+        daily = {org: Decimal(c) for org, c in client.query(
+            "SELECT org_id, sum(cost_total) FROM usage_daily "
+            "WHERE day >= toDate({start:DateTime64(6, 'UTC')}, 'UTC') AND day < toDate({end:DateTime64(6, 'UTC')}, 'UTC') "
+            "GROUP BY org_id", parameters=params).result_rows}
     slugs = {org: row["organization__slug"] for org, row in ledger.items()}
     missing = set(raw) - set(slugs)
     if missing:
@@ -370,7 +379,7 @@ def reconcile(start: datetime, end: datetime) -> list[OrgReconciliation]:
 
         slugs.update(dict(Organization.objects.filter(pk__in=missing).values_list("pk", "slug")))
     report = []
-    for org_id in sorted(set(ledger) | set(raw) | set(rollup)):
+    for org_id in sorted(set(ledger) | set(raw) | set(rollup) | set(daily or ())):
         row = ledger.get(org_id, {})
         report.append(OrgReconciliation(
             org_id=org_id,
@@ -382,8 +391,14 @@ def reconcile(start: datetime, end: datetime) -> list[OrgReconciliation]:
             clickhouse_rows=raw.get(org_id, (0, Decimal(0)))[0],
             clickhouse_cost=raw.get(org_id, (0, Decimal(0)))[1],
             rollup_cost=rollup.get(org_id, Decimal(0)),
+            daily_rollup_cost=None if daily is None else daily.get(org_id, Decimal(0)),
         ))
     return report
+
+
+def _whole_utc_days(moment: datetime) -> bool:
+    utc = moment.astimezone(dt_timezone.utc)
+    return utc.hour == utc.minute == utc.second == utc.microsecond == 0
 
 
 # --- Cost components, cache hits and GPU time per pool (org dashboard, staff overview) ------------

@@ -89,3 +89,22 @@ def test_reconcile_usage_counts_unshipped_rows_as_pending_not_as_a_mismatch(make
     with pytest.raises(SystemExit):
         call_command("reconcile_usage", "--period", "2026-11", "--strict")
     assert Decimal(0) < ledger_total()
+
+
+def test_reconcile_usage_checks_the_daily_rollup_too(make_tenant, catalog, clickhouse, capsys):
+    acme = make_tenant("acme")
+    record_attempt(acme.org, NOV + timedelta(days=3))
+    ship_pending_usage()
+    line = queries.reconcile(NOV, NOV + timedelta(days=30))[0]
+    assert line.daily_rollup_cost == line.rollup_cost == ledger_total() > 0
+    # The daily rollup alone disagrees (a row that never came from usage_events): the report says so.
+    clickhouse.command(
+        "INSERT INTO usage_daily (day, org_id, feature, model_served, pool, requests, cost_total) "
+        "VALUES ('2026-11-05', %d, 'chat', 'tollgate-mini', '', 1, 0.5)" % acme.org.pk)
+    with pytest.raises(SystemExit) as exited:
+        call_command("reconcile_usage", "--period", "2026-11")
+    assert exited.value.code == 1
+    assert "MISMATCH" in capsys.readouterr().out
+    # A period that is not whole UTC days cannot be cut by the daily rollup, so it is left out of the check.
+    assert queries.reconcile(NOV + timedelta(hours=1), NOV + timedelta(days=30))[0].daily_rollup_cost is None
+

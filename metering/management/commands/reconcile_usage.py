@@ -22,7 +22,7 @@ def month_period(value: str) -> tuple[datetime, datetime]:
 
 class Command(BaseCommand):
     help = (
-        "Compare ledger totals with ClickHouse usage_events (FINAL) and the hourly rollup per org for a "
+        "Compare ledger totals with ClickHouse usage_events (FINAL) and the hourly and daily rollups per org for a "
         "UTC month. Exits 1 on any mismatch (with --strict also when rows are still waiting to ship). "
         "Embedded ClickHouse (chdb://) can be open in one process only: stop the server first, or use an "
         "HTTP CLICKHOUSE_DSN."
@@ -42,7 +42,7 @@ class Command(BaseCommand):
                 hint = " (embedded ClickHouse is held by the running server: stop it, or use an HTTP DSN)"
             raise CommandError(f"cannot read ClickHouse{hint}: {exc}")
         header = ("org", "ledger rows", "ledger cost", "pending rows", "clickhouse rows", "clickhouse cost",
-                  "rollup cost", "status")
+                  "hourly rollup cost", "daily rollup cost", "status")
         lines = [header]
         failed = False
         for line in report:
@@ -54,7 +54,8 @@ class Command(BaseCommand):
             else:
                 status = "ok"
             lines.append((line.org_slug, str(line.ledger_rows), str(line.ledger_cost), str(line.pending_rows),
-                          str(line.clickhouse_rows), str(line.clickhouse_cost), str(line.rollup_cost), status))
+                          str(line.clickhouse_rows), str(line.clickhouse_cost), str(line.rollup_cost),
+                          str(line.daily_rollup_cost), status))
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         self.stdout.write(f"Usage reconciliation {period} ({start:%Y-%m-%d} to {end:%Y-%m-%d} UTC)")
         for row in lines:
