@@ -50,8 +50,12 @@ def run_transaction(statements: Sequence[Statement], *, synchronous_commit: bool
             cursor.execute(";\n".join(parts), params)
         except Exception:
             # An error stops the server mid-string with the transaction open and failed: end it here,
-            # so the connection goes back to the pool clean.
-            connection.connection.execute("ROLLBACK")
+            # so the connection goes back to the pool clean. If the connection itself is gone, the
+            # pool discards it; the original error is the one to report either way.
+            try:
+                connection.connection.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001
+                pass
             raise
         while True:  # one result per statement; keep the last that returned rows
             if cursor.description is not None:

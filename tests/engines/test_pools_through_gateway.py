@@ -173,23 +173,28 @@ def test_queue_wait_is_measured_and_recorded(openai_client, deploy):
     assert max(r.queue_wait_ms for r in rows) > 0  # someone waited for the single slot
 
 
+def stream_then_hang_up(live_gateway, tenant) -> str:
+    """Ask for a long streamed answer, read five chunks, close the connection; return the request id."""
+    with httpx.stream("POST", f"{live_gateway.v1}/chat/completions", timeout=60,
+                      headers={"Authorization": f"Bearer {tenant.plaintext}"},
+                      json={"model": MINI, "messages": MESSAGES, "max_tokens": 1000, "temperature": 0,
+                            "stream": True}) as response:
+        assert response.status_code == 200
+        chunks = 0
+        for line in response.iter_lines():
+            chunks += line.startswith("data:")
+            if chunks >= 5:
+                break
+        return response.headers["x-request-id"]
+
+
 def test_disconnecting_mid_stream_stops_the_worker_and_bills_the_tokens_sent(live_gateway, tenant, deploy,
                                                                              two_workers):
     worker = two_workers[0]
     deploy(MINI, [worker.url])
     before = worker.metrics()
 
-    with httpx.stream("POST", f"{live_gateway.v1}/chat/completions", timeout=60,
-                      headers={"Authorization": f"Bearer {tenant.plaintext}"},
-                      json={"model": MINI, "messages": MESSAGES, "max_tokens": 1000, "temperature": 0,
-                            "stream": True}) as response:
-        assert response.status_code == 200
-        request_id = response.headers["x-request-id"]
-        chunks = 0
-        for line in response.iter_lines():
-            chunks += line.startswith("data:")
-            if chunks >= 5:
-                break
+    request_id = stream_then_hang_up(live_gateway, tenant)
 
     row = usage_row(request_id)
     time.sleep(0.5)
@@ -235,17 +240,7 @@ def test_disconnecting_mid_stream_stops_the_in_process_engine_and_bills_the_toke
     from serving.engines.registry import in_process_engine
 
     engine = in_process_engine()
-    with httpx.stream("POST", f"{live_gateway.v1}/chat/completions", timeout=60,
-                      headers={"Authorization": f"Bearer {tenant.plaintext}"},
-                      json={"model": MINI, "messages": MESSAGES, "max_tokens": 1000, "temperature": 0,
-                            "stream": True}) as response:
-        assert response.status_code == 200
-        request_id = response.headers["x-request-id"]
-        chunks = 0
-        for line in response.iter_lines():
-            chunks += line.startswith("data:")
-            if chunks >= 5:
-                break
+    request_id = stream_then_hang_up(live_gateway, tenant)
 
     row = usage_row(request_id)
     generated = engine.stats()["models"][MINI]["generation_tokens"]
