@@ -106,8 +106,9 @@ async def main() -> None:
 
     import torch
 
-    batched = CpuEngine(models=(args.model,), max_num_seqs=32)
-    sequential = CpuEngine(models=(args.model,), max_num_seqs=1)
+    threads = int(os.environ.get("TOLLGATE_CPU_ENGINE_THREADS") or 0)  # as the gateway reads it (0: torch's default)
+    batched = CpuEngine(models=(args.model,), max_num_seqs=32, threads=threads)
+    sequential = CpuEngine(models=(args.model,), max_num_seqs=1, threads=threads)
     batched.load(args.model)
     sequential.load(args.model)
     # Warm-up (thread start, allocator, tokenizer tables).

@@ -2,6 +2,10 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html
 
+from core.money import format_usd
+from tenants import admin as tenants_admin
+from tenants.models import Organization
+
 from . import alerts, services
 from .models import Alert, AlertDelivery, Budget
 
@@ -27,9 +31,8 @@ class BudgetStateFilter(admin.SimpleListFilter):
 
 
 def _money(amount) -> str:
-    from dashboards.templatetags.money import usd
-
-    return usd(amount)
+    """As the dashboards show money: rounded to the amount's scale."""
+    return format_usd(amount, rounded=True)
 
 
 class BudgetStatusColumns:
@@ -116,7 +119,7 @@ class BudgetAdmin(BudgetStatusColumns, admin.ModelAdmin):
 
 
 class BudgetInline(BudgetStatusColumns, admin.TabularInline):
-    """Budgets on the organization page (tenants.admin adds it to OrganizationAdmin)."""
+    """Budgets on the organization page (OrganizationAdmin below)."""
 
     model = Budget
     extra = 0
@@ -125,6 +128,15 @@ class BudgetInline(BudgetStatusColumns, admin.TabularInline):
     readonly_fields = ["spent_this_period", "used", "forecast"]
     show_change_link = True
     raw_id_fields = ["api_key", "user"]
+
+
+# The organization page (tenants.admin) with its budgets: tenants knows nothing of budgets.
+admin.site.unregister(Organization)
+
+
+@admin.register(Organization)
+class OrganizationAdmin(tenants_admin.OrganizationAdmin):
+    inlines = [*tenants_admin.OrganizationAdmin.inlines, BudgetInline]
 
 
 class AlertDeliveryInline(admin.TabularInline):

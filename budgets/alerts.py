@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 from datetime import datetime
 from decimal import Decimal
@@ -19,8 +18,12 @@ from decimal import Decimal
 import httpx
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, transaction
+from django.dispatch import Signal
 from django.utils import timezone
+
+from core.money import format_decimal, format_usd
+from tenants.models import Membership
 
 from .models import Alert, AlertDelivery, Budget
 
@@ -29,6 +32,10 @@ logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Tollgate-Signature"
 TIMESTAMP_HEADER = "X-Tollgate-Timestamp"
 EVENT_HEADER = "X-Tollgate-Event"
+
+# Sent when the transaction that raised an alert commits, with `alert` and `delivery_ids` (one pending
+# delivery per channel). budgets.signals hands them to the Celery task (budgets.tasks.deliver_alert).
+alert_raised = Signal()
 
 
 def raise_alert(budget: Budget | int, kind: str, threshold_percent: int, window_start: datetime,
@@ -54,36 +61,13 @@ def raise_alert(budget: Budget | int, kind: str, threshold_percent: int, window_
     logger.info("budget alert raised: %s", alert.headline)
     delivery_ids = [d.pk for d in deliveries] if all(d.pk for d in deliveries) else list(
         AlertDelivery.objects.filter(alert=alert).values_list("pk", flat=True))
-    transaction.on_commit(lambda: dispatch_deliveries(delivery_ids))
+    transaction.on_commit(lambda: alert_raised.send(sender=Alert, alert=alert, delivery_ids=delivery_ids))
     return alert
 
 
 def acknowledge_alerts(alert_ids, user) -> int:
     return Alert.objects.filter(pk__in=list(alert_ids), acknowledged_at__isnull=True).update(
         acknowledged_at=timezone.now(), acknowledged_by=user)
-
-
-# --- dispatch -----------------------------------------------------------------
-
-
-def dispatch_deliveries(delivery_ids: list[int]) -> None:
-    from .tasks import deliver_alert
-
-    if not settings.CELERY_TASK_ALWAYS_EAGER:
-        for delivery_id in delivery_ids:
-            deliver_alert.delay(delivery_id)
-        return
-
-    def run_in_process():
-        try:
-            for delivery_id in delivery_ids:
-                deliver_alert.apply(args=[delivery_id])
-        except Exception:
-            logger.exception("budget alert delivery crashed")
-        finally:
-            connection.close()
-
-    threading.Thread(target=run_in_process, name="budget-alert-delivery", daemon=True).start()
 
 
 # --- delivery ---------------------------------------------------------------
@@ -102,11 +86,11 @@ def alert_payload(alert: Alert) -> dict:
             "scope_kind": budget.scope_kind,
             "period": budget.period,
             "action": budget.action,
-            "amount": str(alert.amount),
+            "amount": format_decimal(alert.amount),
         },
         "threshold_percent": alert.threshold_percent,
-        "spent": str(alert.spent),
-        "forecast": None if alert.forecast is None else str(alert.forecast),
+        "spent": format_decimal(alert.spent),
+        "forecast": None if alert.forecast is None else format_decimal(alert.forecast),
         "window_start": alert.window_start.isoformat(),
         "window_end": alert.window_end.isoformat(),
         "message": f"{budget.scope_label}: {alert.headline}",
@@ -120,8 +104,6 @@ def sign_webhook(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def email_recipients(alert: Alert) -> list[str]:
-    from tenants.models import Membership
-
     org = alert.budget.organization
     managers = Membership.objects.filter(organization=org, role=Membership.Role.MANAGER).exclude(user__email="")
     addresses = [m.user.email for m in managers.select_related("user")]
@@ -137,8 +119,8 @@ def _send_email(alert: Alert) -> bool:
     body = "\n".join([
         payload["message"],
         "",
-        f"Spent this period: ${alert.spent:.2f} of ${alert.amount:.2f}",
-        *([f"Projected at period end: ${alert.forecast:.2f}"] if alert.forecast is not None else []),
+        f"Spent this period: {format_usd(alert.spent)} of {format_usd(alert.amount)}",
+        *([f"Projected at period end: {format_usd(alert.forecast)}"] if alert.forecast is not None else []),
         f"Period: {alert.window_start:%Y-%m-%d %H:%M} to {alert.window_end:%Y-%m-%d %H:%M} UTC",
         f"Action when the budget is used up: {alert.budget.get_action_display()}",
     ])

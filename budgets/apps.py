@@ -6,4 +6,4 @@ class BudgetsConfig(AppConfig):
     verbose_name = "Budgets"
 
     def ready(self):
-        from . import signals  # noqa: F401  (connects the memo invalidation receivers)
+        from . import signals  # noqa: F401  (connects the memo invalidation and alert delivery receivers)

@@ -17,6 +17,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from core.money import format_decimal, format_usd
+
 MONEY = {"max_digits": 20, "decimal_places": 9}
 DEFAULT_THRESHOLDS = "50,80,100"
 
@@ -95,7 +97,7 @@ class Budget(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.scope_label}: ${self.amount.normalize():f} {self.period}"
+        return f"{self.scope_label}: ${format_decimal(self.amount)} {self.period}"
 
     @property
     def scope_kind(self) -> str:
@@ -202,8 +204,8 @@ class Alert(models.Model):
     @property
     def headline(self) -> str:
         if self.kind == self.Kind.FORECAST:
-            return f"forecast to exceed ${self.amount.normalize():f} (projected ${self.forecast:.2f})"
-        return f"{self.threshold_percent}% of ${self.amount.normalize():f} reached"
+            return f"forecast to exceed ${format_decimal(self.amount)} (projected {format_usd(self.forecast)})"
+        return f"{self.threshold_percent}% of ${format_decimal(self.amount)} reached"
 
 
 class AlertDelivery(models.Model):

@@ -12,7 +12,7 @@ docs/architecture.md, "Budgets".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -23,22 +23,16 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
+from core import db
+from core.memo import Memo, Throttle
+from core.money import format_usd
 from metering import pricing
-from tollgate import db
-from tollgate.memo import Memo, Throttle
 
 from . import alerts, ledger
 from .models import Alert, Budget, BudgetCounter, BudgetReservation
 from .periods import budget_window, month_bounds  # noqa: F401  (month_bounds is part of this module's API)
 
 HUNDRED = Decimal(100)
-
-
-def format_usd(amount: Decimal) -> str:
-    """Cents for real money, all the digits for fractions of a cent (a request often costs millionths)."""
-    if amount == 0 or abs(amount) >= Decimal("0.01"):
-        return f"${amount:,.2f}"
-    return f"${amount.normalize():f}"
 
 
 class BudgetExceeded(Exception):
@@ -166,13 +160,12 @@ class Reservation:
         return f"{self.downgraded_from}->{self.estimate.entry.name}" if self.downgraded else ""
 
 
-DowngradeFn = Callable[[int | None], "CostEstimate | None"]
 
 
 # --- which budgets cover a request -------------------------------------------
 
 
-# Active budgets per org and counter ids per window, per web process (tollgate/memo.py). Budget edits in
+# Active budgets per org and counter ids per window, per web process (core/memo.py). Budget edits in
 # this process drop them at once (budgets.signals and the admin actions below); counters hold the money
 # and are always read and written in the database.
 _org_budgets: Memo[tuple[Budget, ...]] = Memo("budgets by org")
@@ -245,15 +238,37 @@ def _status(budget: Budget, counter: BudgetCounter, **extra) -> BudgetStatus:
 # --- reserve, settle, release -----------------------------------------------
 
 
+def needs_alternatives(org_id: int, feature_id: int | None, api_key_id: int | None, user_id: int | None,
+                       at: datetime) -> bool:
+    """Whether a downgrade budget covers the request, so the router should price cheaper alternatives.
+
+    Read from this process's memo of budgets (no counter is touched): the
+    router asks before it routes, then hands the alternatives to ``reserve_budget``.
+    """
+    return any(budget.action == Budget.Action.DOWNGRADE
+               for budget, _, _ in covering_budgets(org_id, feature_id, api_key_id, user_id, at))
+
+
+def _downgrade_choice(alternatives: Sequence[CostEstimate], cap: int | None) -> CostEstimate | None:
+    """The cheapest alternative (they come cheapest first), held to the downgrade budgets' output cap."""
+    if not alternatives:
+        return None
+    cheapest = alternatives[0]
+    return CostEstimate(cheapest.entry, cheapest.prompt_tokens, min(cheapest.max_tokens, cap or cheapest.max_tokens))
+
+
 def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key_id: int | None,
                    user_id: int | None, estimate: CostEstimate, at: datetime, *, quality_high: bool = False,
-                   downgrade: DowngradeFn | None = None) -> Reservation:
+                   alternatives: Sequence[CostEstimate] = ()) -> Reservation:
     """Hold the worst-case cost against every covering budget, or refuse.
 
     Raises BudgetExceeded when a block budget has no room for the worst case,
     and QualityUnavailable when the caller insists on full quality while a
-    downgrade budget is past its threshold. `downgrade(max_tokens_cap)` returns
-    the estimate on the cheapest model the gateway can serve.
+    downgrade budget is past its threshold. ``alternatives`` are the cheaper
+    ways the router found to serve the same request (cheapest first, each
+    with its prompt counted on its own model); a downgrading budget picks
+    among them here, under its locks, and never calls back into serving.
+    The chosen estimate is the reservation's ``estimate``.
     """
     covering = covering_budgets(org_id, feature_id, api_key_id, user_id, at)
     if not covering:
@@ -278,7 +293,7 @@ def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key
         if downgrading:
             caps = [budgets_by_id[s.budget_id].downgrade_max_tokens for s in downgrading]
             cap = min((c for c in caps if c), default=None)
-            cheaper = downgrade(cap) if downgrade is not None else None
+            cheaper = _downgrade_choice(alternatives, cap)
             if cheaper is None or cheaper.worst_case > estimate.worst_case:
                 cheaper = CostEstimate(estimate.entry, estimate.prompt_tokens,
                                        min(estimate.max_tokens, cap or estimate.max_tokens))
@@ -463,9 +478,10 @@ def settle_reservation(reservation: Reservation | None, cost: Decimal) -> Decima
 
     Call it inside the transaction that writes the ledger row, so both commit
     or neither does. A reservation already released (by the stale sweeper)
-    is not subtracted twice; the cost is still counted. (On PostgreSQL the
-    request path uses ``settlement_statements`` and ``after_settlement``,
-    the same settlement in the ledger row's single round trip.)
+    is not subtracted twice; the cost is still counted. (On PostgreSQL
+    ``budgets.settlement.settle_usage`` uses ``settlement_statements`` and
+    ``after_settlement`` instead: the same settlement in the ledger rows'
+    single round trip.)
     """
     if reservation is None or not reservation.held or reservation.closed:
         return None

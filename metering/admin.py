@@ -1,4 +1,7 @@
 from django.contrib import admin
+from django.utils import timezone
+
+from core.money import format_usd
 
 from .models import CatalogModel, ChargebackPolicy, PoolRate, Price, UsageRecord
 
@@ -18,10 +21,8 @@ class CatalogModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="price in/out per 1M")
     def current_price(self, obj):
-        from django.utils import timezone
-
         price = obj.prices.filter(effective_from__lte=timezone.now()).order_by("-effective_from").first()
-        return f"${price.input_per_mtok} / ${price.output_per_mtok}" if price else "— (not served)"
+        return f"{format_usd(price.input_per_mtok)} / {format_usd(price.output_per_mtok)}" if price else "— (not served)"
 
 
 @admin.register(PoolRate)

@@ -20,12 +20,15 @@ from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tenants.models import Organization
 from tenants.services import can_view_organization, organizations_managed_by
 
 from . import queries
+from .models import PoolRate
+from .pool_statements import month_period, pool_statement_report
 
 MONEY = {"max_digits": 38, "decimal_places": 9}
 
@@ -210,8 +213,6 @@ class _UsageView(APIView):
 
     def _respond(self, request, rows: _LazyRows, serializer_class):
         if getattr(request, "accepted_renderer", None) and request.accepted_renderer.format == "csv":
-            from rest_framework.response import Response
-
             everything = rows[0:rows.count()] if rows.count() else []
             return Response(serializer_class(everything, many=True).data)
         paginator = self.pagination_class()
@@ -256,8 +257,6 @@ class PoolStatementQuery(serializers.Serializer):
     end = serializers.DateTimeField(required=False, help_text="Exclusive, ISO 8601 (instead of period).")
 
     def validate(self, attrs):
-        from .pool_statements import month_period
-
         if attrs.get("period"):
             if "start" in attrs or "end" in attrs:
                 raise serializers.ValidationError("give either period or start and end, not both.")
@@ -307,11 +306,6 @@ class PoolStatementView(APIView):
                    summary="A GPU pool's cost over a period and who pays it", tags=["pools"])
     def get(self, request, pool: str):
         """Per-org charges (own GPU time plus any idle share) and platform overhead; they add up to total."""
-        from rest_framework.response import Response
-
-        from .models import PoolRate
-        from .pool_statements import pool_statement_report
-
         query = PoolStatementQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         if not PoolRate.objects.filter(pool=pool).exists():

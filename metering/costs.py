@@ -16,7 +16,7 @@ from decimal import ROUND_DOWN, Decimal
 from django.conf import settings
 from django.db.models import Q, Sum
 
-from tollgate.memo import Memo
+from core.memo import Memo
 
 from .models import ChargebackMode, ChargebackPolicy, PoolRate, Price, UsageRecord
 from .pricing import PER_MILLION, quantize_money
@@ -40,7 +40,7 @@ class PoolCost:
         return quantize_money(seconds * self.gpus_per_replica * self.usd_per_gpu_hour / SECONDS_PER_HOUR)
 
 
-# Per web process (tollgate/memo.py); edits in this process drop these at once (metering.signals).
+# Per web process (core/memo.py); edits in this process drop these at once (metering.signals).
 _pool_rates: Memo[tuple[tuple[datetime, PoolCost], ...]] = Memo("pool rates")
 _chargeback_modes: Memo[str] = Memo("chargeback modes")
 

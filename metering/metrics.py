@@ -13,11 +13,15 @@ counters, which is right for one process (the embedded default).
 
 from __future__ import annotations
 
-import os
 import threading
 
+from django.conf import settings
 from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
+
+from tenants.models import Organization
+
+from .models import UsageRecord
 
 REQUESTS = Counter("tollgate_requests", "Settled gateway attempts.", ["org", "model", "status"])
 TOKENS = Counter("tollgate_tokens", "Tokens processed.", ["org", "model", "token_type"])
@@ -33,8 +37,6 @@ _slugs_lock = threading.Lock()
 def _org_slug(org_id: int) -> str:
     slug = _slugs.get(org_id)
     if slug is None:
-        from tenants.models import Organization
-
         slug = Organization.objects.filter(pk=org_id).values_list("slug", flat=True).first() or str(org_id)
         with _slugs_lock:
             _slugs[org_id] = slug
@@ -62,9 +64,7 @@ def observe_usage(record) -> None:
 
 def render_metrics() -> bytes:
     """The exposition text: this process's (or all processes') counters plus the outbox depth."""
-    from .models import UsageRecord
-
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if settings.PROMETHEUS_MULTIPROC_DIR:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:

@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from core.money import format_usd
+
 MONEY = {"max_digits": 20, "decimal_places": 9}
 
 
@@ -70,7 +72,7 @@ class PoolRate(models.Model):
         constraints = [models.UniqueConstraint(fields=["pool", "effective_from"], name="one_pool_rate_per_instant")]
 
     def __str__(self) -> str:
-        return f"{self.pool} {self.gpus}×${self.usd_per_gpu_hour}/h from {self.effective_from:%Y-%m-%d}"
+        return f"{self.pool} {self.gpus}×{format_usd(self.usd_per_gpu_hour)}/h from {self.effective_from:%Y-%m-%d}"
 
 
 class ChargebackPolicy(models.Model):

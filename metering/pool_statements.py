@@ -15,6 +15,8 @@ from decimal import Decimal
 
 from django.db.models import Sum
 
+from tenants.models import Organization
+
 from .costs import PoolStatement, chargeback_mode, pool_statement
 from .models import PoolRate, UsageRecord
 
@@ -83,8 +85,6 @@ class PoolStatementReport:
 
 
 def pool_statement_report(pool: str, start: datetime, end: datetime) -> PoolStatementReport:
-    from tenants.models import Organization
-
     statement = pool_statement(pool, start, end)
     orgs = {o.pk: o for o in Organization.objects.filter(pk__in=list(statement.charges))}
     lines = [

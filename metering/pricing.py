@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 
-from tollgate.memo import Memo
+from core.memo import Memo
 
 from .models import CatalogModel, Price
 
@@ -48,7 +48,7 @@ def quantize_money(amount: Decimal) -> Decimal:
     return amount.quantize(settings.MONEY_QUANTUM, rounding=ROUND_HALF_UP)
 
 
-# Each model's price book (every price row, newest first), per web process: see tollgate/memo.py.
+# Each model's price book (every price row, newest first), per web process: see core/memo.py.
 # Price and catalog edits in this process drop it at once (metering.signals).
 _price_books: Memo[tuple[tuple[datetime, CatalogEntry], ...]] = Memo("price books")
 

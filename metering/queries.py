@@ -11,6 +11,9 @@ from decimal import Decimal
 
 from django.db.models import Sum
 
+from tenants.models import Organization
+
+from . import pool_statements
 from .clickhouse import get_client
 from .models import UsageRecord
 
@@ -375,8 +378,6 @@ def reconcile(start: datetime, end: datetime) -> list[OrgReconciliation]:
     slugs = {org: row["organization__slug"] for org, row in ledger.items()}
     missing = set(raw) - set(slugs)
     if missing:
-        from tenants.models import Organization
-
         slugs.update(dict(Organization.objects.filter(pk__in=missing).values_list("pk", "slug")))
     report = []
     for org_id in sorted(set(ledger) | set(raw) | set(rollup) | set(daily or ())):
@@ -445,9 +446,7 @@ class PoolUsage:
 
     @property
     def utilization(self) -> float | None:
-        from .pool_statements import utilization
-
-        return utilization(self.engine_seconds, self.replica_seconds)
+        return pool_statements.utilization(self.engine_seconds, self.replica_seconds)
 
 
 @dataclass(frozen=True)
@@ -479,12 +478,11 @@ def _components(row: dict) -> CostComponents:
 
 
 def _pools(by_pool: dict, start: datetime, end: datetime, with_capacity: bool) -> list[PoolUsage]:
-    from .pool_statements import pool_replica_seconds
-
     pools = [
         PoolUsage(pool=pool, requests=row["requests"], engine_seconds=row["engine_seconds"],
                   cost_gpu=Decimal(row["cost_gpu"]),
-                  replica_seconds=pool_replica_seconds(pool, start, end) if with_capacity and pool else None)
+                  replica_seconds=(pool_statements.pool_replica_seconds(pool, start, end)
+                                   if with_capacity and pool else None))
         for pool, row in by_pool.items() if row["engine_seconds"] or row["cost_gpu"]
     ]
     return sorted(pools, key=lambda p: (-p.cost_gpu, -p.engine_seconds, p.pool))
@@ -526,8 +524,6 @@ def _spend_rows(folded: dict, names: dict | None = None) -> list[dict]:
 
 def platform_overview(start: datetime, end: datetime) -> PlatformOverview:
     """One read grouped by org × model × pool (a few thousand rows at most), folded four ways."""
-    from tenants.models import Organization
-
     measures = DASHBOARD_MEASURES + COMPONENT_MEASURES + GPU_MEASURES
     rows = usage_summary(UsageFilter(start=start, end=end), ["org", "model", "pool"],
                          measures=list(dict.fromkeys(measures)))

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 
-from tollgate import db
+from core import db
 
 from . import costs
 from .metrics import observe_usage

@@ -1,4 +1,4 @@
-"""Drop per-process memos (tollgate/memo.py) when prices, pool rates or chargeback policies change here."""
+"""Drop per-process memos (core/memo.py) when prices, pool rates or chargeback policies change here."""
 
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver

@@ -5,7 +5,9 @@ Service code raises these; the views turn them into responses in one place.
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+import json
+
+from starlette.responses import Response
 
 
 class OpenAIError(Exception):
@@ -33,6 +35,16 @@ class InvalidRequest(OpenAIError):
 
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A parameter OpenAI defines that the engine serving this model does not honour (never dropped silently)."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, model: str):
+        super().__init__(f"The parameter '{param}' is not supported by the engine serving `{model}`; remove it "
+                         f"or choose a model whose engine supports it.", param=param)
 
 
 class RequestTooLarge(OpenAIError):
@@ -93,8 +105,10 @@ class EngineUnavailable(OpenAIError):
     code = "engine_unavailable"
 
 
-def error_response(error: OpenAIError, request_id: str | None = None) -> JSONResponse:
+def error_response(error: OpenAIError, request_id: str | None = None) -> Response:
     headers = dict(error.headers)
     if request_id:
         headers["X-Request-Id"] = request_id
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    # ASCII-escaped: a message that quotes a path or header with a lone surrogate still encodes.
+    return Response(json.dumps(error.body(), ensure_ascii=True), status_code=error.status, headers=headers,
+                    media_type="application/json")

@@ -35,12 +35,16 @@ from django.conf import settings
 from .engines.base import (
     ChatMessage,
     Engine,
+    EngineError,
     EngineUnavailable,
     GenerationRequest,
     GenerationResult,
     GenerationStream,
     TextDelta,
 )
+from .engines.registry import in_process_engine
+from .engines.remote import RemoteEmbedder, RemoteEngine
+from .models import Deployment
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +209,50 @@ class DeploymentRuntime(Engine):
     def context_window(self, model: str) -> int:
         return self._any_engine().context_window(model)
 
+    @property
+    def supported_parameters(self) -> frozenset[str]:
+        """What every replica honours: a request may land on any of them."""
+        return frozenset.intersection(*(frozenset(r.engine.supported_parameters) for r in self.replicas))
+
     def stream(self, request: GenerationRequest) -> "PooledGenerationStream":
         return PooledGenerationStream(self, request)
+
+    async def embed(self, texts: list[str]) -> "PooledEmbedding":
+        """Embed ``texts`` behind the pool's admission queue, on a healthy replica, failing over a dead one.
+
+        Raises PoolQueueFull (nothing spent) or EngineError (``replica`` and
+        ``queue_wait_s`` on the exception say where it failed).
+        """
+        queue_wait_s = await self.pool.admit_request()
+        admitted = time.perf_counter()
+        tried: set[str] = set()
+        replica: ReplicaRuntime | None = None
+        try:
+            while True:
+                replica = choose_replica(self.replicas, "", tried)
+                if replica is None:
+                    raise EngineUnavailable(f"no replica of {self.model} can take the request")
+                replica.outstanding += 1
+                try:
+                    result = await replica.engine.embed(texts)
+                    return PooledEmbedding(result=result, replica=replica.label, queue_wait_s=queue_wait_s)
+                except EngineUnavailable as exc:
+                    replica.mark_down(str(exc))
+                    tried.add(replica.label)
+                finally:
+                    replica.outstanding -= 1
+        except EngineError as exc:
+            exc.replica, exc.queue_wait_s = (replica.label if replica else ""), queue_wait_s
+            raise
+        finally:
+            self.pool.release(time.perf_counter() - admitted)
+
+
+@dataclass
+class PooledEmbedding:
+    result: object  # engines.embeddings.EmbeddingResult
+    replica: str
+    queue_wait_s: float
 
 
 class PooledGenerationStream(GenerationStream):
@@ -318,8 +364,6 @@ _health_thread: threading.Thread | None = None
 
 def _configured() -> tuple:
     """The enabled deployments and replicas in the database, as a plain tuple (the topology's signature)."""
-    from .models import Deployment
-
     rows = []
     for d in Deployment.objects.filter(enabled=True).select_related("pool").prefetch_related("replicas"):
         p = d.pool
@@ -335,8 +379,6 @@ def _default_pool(name: str, kind: str, per_replica: int) -> PoolSettings:
 
 
 def _build(signature: tuple) -> PoolTopology:
-    from .engines.registry import in_process_engine
-
     pools: dict[str, PoolRuntime] = {}
     deployments: dict[str, DeploymentRuntime] = {}
     by_pool: dict[tuple, list] = {}
@@ -362,7 +404,7 @@ def _build(signature: tuple) -> PoolTopology:
             for m in missing:
                 deployments[m] = DeploymentRuntime(m, pool, [replica])
     if settings.TOLLGATE_EMBEDDINGS_IN_PROCESS:
-        from .engines.embeddings import EMBEDDING_MODEL, get_embedder
+        from .engines.embeddings import EMBEDDING_MODEL, get_embedder  # torch: only where embeddings run here
 
         if EMBEDDING_MODEL not in deployments:
             pool = pools.get(EMBEDDING_POOL) or PoolRuntime(
@@ -374,11 +416,8 @@ def _build(signature: tuple) -> PoolTopology:
 
 
 def _replica(model: str, url: str, pool: PoolSettings) -> ReplicaRuntime | None:
-    from .engines.registry import in_process_engine
-
     if pool.kind == "embedding":
-        from .engines.embeddings import get_embedder
-        from .engines.remote import RemoteEmbedder
+        from .engines.embeddings import get_embedder  # torch: only where embeddings run here
 
         return ReplicaRuntime(url or IN_PROCESS, RemoteEmbedder(url, model) if url else get_embedder(), url)
     if not url:
@@ -387,8 +426,6 @@ def _replica(model: str, url: str, pool: PoolSettings) -> ReplicaRuntime | None:
             logger.warning("deployment %s lists the in-process engine, which does not serve it", model)
             return None
         return ReplicaRuntime(IN_PROCESS, local)
-    from .engines.remote import RemoteEngine
-
     return ReplicaRuntime(url, RemoteEngine(url, [model], connect_timeout=settings.TOLLGATE_ENGINE_CONNECT_TIMEOUT_S,
                                             read_timeout=settings.TOLLGATE_ENGINE_READ_TIMEOUT_S), url)
 
@@ -419,6 +456,18 @@ def reload_pools() -> PoolTopology:
 
 def deployment_for_model(model: str) -> DeploymentRuntime | None:
     return pool_topology().deployments.get(model)
+
+
+def engine_for_model(model_name: str) -> Engine | None:
+    """The model's deployment (its pool and replicas) as one generating Engine, or None if nothing serves it."""
+    deployment = deployment_for_model(model_name)
+    if deployment is None or deployment.pool.config.kind == "embedding":
+        return None  # embedding models are served by /v1/embeddings only
+    return deployment
+
+
+def served_model_names() -> set[str]:
+    return set(pool_topology().deployments)
 
 
 # ------------------------------------------------------------------ health

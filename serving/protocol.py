@@ -1,153 +1,487 @@
-"""Wire types for /v1/chat/completions, validated at the edge.
+"""Wire types of the OpenAI API, as pydantic models (the shape of vLLM's ``protocol.py``).
 
-Parsing produces plain dataclasses; nothing past this module sees raw JSON.
-Unknown fields are ignored (as vLLM does), so newer SDKs keep working.
+The edge parses a body into a request type and hands that to the flow;
+the flow answers with response types; nothing past the edge touches raw
+JSON. The engine worker (engines/worker.py) speaks through the same types.
+
+Request types forbid fields they do not know, as OpenAI does ("Unrecognized
+request argument supplied"): a parameter the gateway would not act on is
+refused, never dropped. Fields OpenAI defines that only some engines honour
+are declared here and checked against the serving engine's
+``supported_parameters`` by the route stage (:meth:`ChatCompletionRequest.engine_parameters`).
+
+Bodies are parsed by pydantic-core's JSON parser, which rejects what
+Python's ``json`` would turn into a 500 later: integers past 4,300 digits,
+nesting deeper than its recursion limit, lone UTF-16 surrogates (they cannot
+be encoded to UTF-8 for the tokenizer, the ledger or the span exporter).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import base64
+import dataclasses
+import time
+from typing import Annotated, Any, Literal, TypeVar
 
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from .engines.base import ChatMessage, SamplingParams
 from .errors import InvalidRequest
 
-ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
-@dataclass(frozen=True)
-class ParsedMessage:
-    role: str
-    content: str
+class RequestModel(BaseModel):
+    # Strict: "stream": "yes" or "max_tokens": "5" is a caller's mistake to name, not a value to guess at
+    # (OpenAI refuses both). JSON integers still fill float fields.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-@dataclass(frozen=True)
-class ChatCompletionRequest:
-    model: str
-    messages: tuple[ParsedMessage, ...]
-    max_tokens: int | None
-    temperature: float
-    top_p: float
-    stream: bool
-    include_usage: bool
-    stop: tuple[str, ...]
-    seed: int | None
-    user: str | None
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-def parse_json_body(raw: bytes) -> dict:
+def _omit_none(value) -> bool:
+    return value is None
+
+
+# ----------------------------------------------------------------- errors
+
+
+class ErrorDetail(ResponseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(ResponseModel):
+    error: ErrorDetail
+
+
+# ----------------------------------------------------------------- parsing
+
+
+# Names pydantic puts in an error's location for the member of a union that failed; never field names here.
+_UNION_MEMBER_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _param_path(loc: tuple) -> str | None:
+    """OpenAI's name for a nested parameter ("messages.[0].role"), cut where a union member's tag begins."""
+    parts = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part.isidentifier() and part not in _UNION_MEMBER_TAGS:
+            parts.append(part)
+        else:
+            break
+    return ".".join(parts) or None
+
+
+def _refusal(exc: ValidationError) -> InvalidRequest:
+    """The first validation error as OpenAI's 400 (never echoing the input: it may be huge or a secret)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    error = errors[0]
+    kind, param = error["type"], _param_path(error["loc"])
+    if kind == "json_invalid":
+        return InvalidRequest(f"We could not parse the JSON body of your request: {error['msg']}.",
+                              code="invalid_json")
+    if kind == "model_type" and not error["loc"]:
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if kind == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param,
+                              code="unknown_parameter")
+    if kind == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
+                              code="missing_required_parameter")
+    code = "invalid_type" if kind.endswith("_type") or kind in {"int_from_float", "bool_parsing"} else "invalid_value"
+    # A value that fits no member of a union fails once per member: say what each member wanted.
+    reasons = list(dict.fromkeys(e["msg"] for e in errors if _param_path(e["loc"]) == param))[:3]
+    return InvalidRequest(f"Invalid value for '{param}': {'; or '.join(reasons)}.", param=param, code=code)
+
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+def parse_request(model: type[RequestT], raw: bytes) -> RequestT:
+    """``raw`` as ``model``, or InvalidRequest naming the first thing wrong with it."""
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json")
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    return body
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _refusal(exc) from None
 
 
-def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(f"'{name}' must be a number.", param=name, code="invalid_type")
-    if not low <= value <= high:
-        raise InvalidRequest(f"'{name}' must be between {low:g} and {high:g}; got {value}.", param=name,
-                             code="invalid_value")
-    return float(value)
+# ----------------------------------------------------------------- chat completions: request
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+NonEmptyText = Annotated[str, Field(min_length=1)]
 
 
-def _optional_int(body: dict, name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"'{name}' must be an integer.", param=name, code="invalid_type")
-    return value
+class TextContentPart(RequestModel):
+    type: Literal["text"]
+    text: str
 
 
-def _message_content(content, index: int) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        # The array form: only text parts can reach a text model.
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise InvalidRequest("Only text content parts are supported.", param=f"messages.[{index}].content",
-                                     code="invalid_value")
-            texts.append(part["text"])
-        return "\n".join(texts)
-    raise InvalidRequest("Message content must be a string or an array of text parts.",
-                         param=f"messages.[{index}].content", code="invalid_type")
+class ChatMessageParam(RequestModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextContentPart] | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
 
 
-def parse_chat_completion(body: dict, *, max_tokens_limit: int) -> ChatCompletionRequest:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
+class StreamOptions(RequestModel):
+    include_usage: bool = False
+    # vLLM's extension: usage in every chunk (the running token count).
+    continuous_usage_stats: bool = False
 
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
-        raise InvalidRequest("'messages' must be a non-empty array.", param="messages",
-                             code="missing_required_parameter")
-    messages = []
-    for i, message in enumerate(raw_messages):
-        if not isinstance(message, dict):
-            raise InvalidRequest("Each message must be an object.", param=f"messages.[{i}]", code="invalid_type")
-        role = message.get("role")
-        if role not in ROLES:
-            raise InvalidRequest(f"Invalid role {role!r}; expected one of {sorted(ROLES)}.",
-                                 param=f"messages.[{i}].role", code="invalid_value")
-        messages.append(ParsedMessage(role=role, content=_message_content(message.get("content"), i)))
 
-    max_tokens = _optional_int(body, "max_completion_tokens")
-    param = "max_completion_tokens"
-    if max_tokens is None:
-        max_tokens, param = _optional_int(body, "max_tokens"), "max_tokens"
-    if max_tokens is not None and not 1 <= max_tokens <= max_tokens_limit:
-        raise InvalidRequest(f"'{param}' must be between 1 and {max_tokens_limit}; got {max_tokens}.", param=param,
-                             code="invalid_value")
+class JsonSchemaFormat(RequestModel):
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
 
-    n = _optional_int(body, "n")
-    if n not in (None, 1):
-        raise InvalidRequest("Only n=1 is supported.", param="n", code="invalid_value")
 
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise InvalidRequest("'stream_options' must be an object.", param="stream_options", code="invalid_type")
-    if stream_options and not stream:
-        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options",
-                             code="invalid_value")
+class ResponseFormat(RequestModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
-    stop = body.get("stop")
-    if stop is None:
-        stops: tuple[str, ...] = ()
-    elif isinstance(stop, str):
-        stops = (stop,)
-    elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop):
-        stops = tuple(stop)
-    else:
-        raise InvalidRequest("'stop' must be a string or an array of up to 4 non-empty strings.", param="stop",
-                             code="invalid_value")
 
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise InvalidRequest("'user' must be a string.", param="user", code="invalid_type")
+class SamplingFields(RequestModel):
+    """Sampling parameters shared by chat and text completions."""
 
-    return ChatCompletionRequest(
-        model=model,
-        messages=tuple(messages),
-        max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0) or 1.0,
-        stream=stream,
-        include_usage=bool(stream_options.get("include_usage", False)),
-        stop=stops,
-        seed=_optional_int(body, "seed"),
-        user=user,
-    )
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = None
+    top_p: Probability | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=4)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    user: str | None = None
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, value, info: ValidationInfo):
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("'stream_options' is only allowed when 'stream' is true")
+        return value
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            stop=self.stop_sequences,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            logit_bias=tuple(sorted((self.logit_bias or {}).items())),
+        )
+
+    def _sampling_parameters(self) -> set[str]:
+        """The engine-dependent sampling parameters this request sets away from their neutral value."""
+        used = set()
+        if self.n not in (None, 1):
+            used.add("n")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name):
+                used.add(name)
+        if self.logit_bias:
+            used.add("logit_bias")
+        return used
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions. Every field OpenAI defines is here; the route stage refuses those
+    the serving engine does not honour, naming them."""
+
+    model: NonEmptyText
+    messages: Annotated[list[ChatMessageParam], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    service_tier: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+
+    @field_validator("service_tier")
+    @classmethod
+    def _known_tier(cls, value):
+        if value not in (None, "auto", "default"):
+            raise ValueError("only 'auto' and 'default' are served here")
+        return value
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """``max_completion_tokens`` (the current name) or ``max_tokens`` (the deprecated one)."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def max_output_tokens_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+        params = super().to_sampling_params(max_tokens)
+        if self.response_format is None or self.response_format.type == "text":
+            return params
+        return dataclasses.replace(params, response_format=self.response_format.model_dump(by_alias=True,
+                                                                                           exclude_none=True))
+
+    def to_chat_messages(self) -> tuple[ChatMessage, ...]:
+        return tuple(ChatMessage(role=m.role, content=m.text, name=m.name) for m in self.messages)
+
+    def engine_parameters(self) -> set[str]:
+        """Parameters set here that the serving engine must honour (compare with its ``supported_parameters``).
+
+        The gateway itself honours model, messages, max tokens, stream and
+        stream_options, user, temperature, top_p, seed and stop (the last four
+        every engine must take).
+        """
+        used = self._sampling_parameters()
+        for name in ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "modalities",
+                     "audio", "prediction", "web_search_options", "reasoning_effort", "verbosity", "metadata",
+                     "prompt_cache_key", "safety_identifier"):
+            if getattr(self, name) is not None:
+                used.add(name)
+        if self.logprobs:
+            used.add("logprobs")
+        if self.top_logprobs:
+            used.add("top_logprobs")
+        if self.store:
+            used.add("store")
+        if self.response_format is not None and self.response_format.type != "text":
+            used.add("response_format")
+        if any(m.name is not None for m in self.messages):
+            used.add("messages.name")
+        return used
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions (the legacy text endpoint), as engine workers serve it."""
+
+    model: NonEmptyText
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1)] | None = None
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def engine_parameters(self) -> set[str]:
+        used = self._sampling_parameters()
+        if self.logprobs:
+            used.add("logprobs")
+        if self.echo:
+            used.add("echo")
+        if self.suffix is not None:
+            used.add("suffix")
+        if self.best_of not in (None, 1):
+            used.add("best_of")
+        return used
+
+
+# ----------------------------------------------------------------- chat completions: response
+
+
+class PromptTokensDetails(ResponseModel):
+    cached_tokens: int = 0
+
+
+class CompletionUsage(ResponseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> "CompletionUsage":
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
+
+
+class EngineReport(ResponseModel):
+    """What an engine worker measured for one request (a Tollgate extension; vLLM sends none)."""
+
+    engine_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    time_to_first_token_seconds: float | None = None
+
+
+class AssistantMessage(ResponseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class ChatCompletionChoice(ResponseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class ChatCompletionResponse(ResponseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatCompletionChoice]
+    usage: CompletionUsage
+    tollgate: EngineReport | None = Field(default=None, exclude_if=_omit_none)
+
+
+class DeltaMessage(ResponseModel):
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_omit_none)
+    content: str | None = Field(default=None, exclude_if=_omit_none)
+
+
+class ChatCompletionChunkChoice(ResponseModel):
+    index: int = 0
+    delta: DeltaMessage
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(ResponseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatCompletionChunkChoice]
+    # Present (possibly null) only when the caller asked for usage, as OpenAI sends it.
+    usage: CompletionUsage | None = Field(default=None, exclude_if=_omit_none)
+    tollgate: EngineReport | None = Field(default=None, exclude_if=_omit_none)
+
+
+# ----------------------------------------------------------------- text completions: response (workers)
+
+
+class CompletionChoice(ResponseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class CompletionResponse(ResponseModel):
+    """A text completion, whole or as one streamed chunk (OpenAI uses the same object for both)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage | None = Field(default=None, exclude_if=_omit_none)
+    tollgate: EngineReport | None = Field(default=None, exclude_if=_omit_none)
+
+
+# ----------------------------------------------------------------- embeddings
+
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(RequestModel):
+    model: NonEmptyText
+    input: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def encode_embedding(vector, encoding_format: str) -> list[float] | str:
+    """One vector as OpenAI sends it: a list of floats, or base64 of little-endian float32."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return list(vector)
+
+
+class EmbeddingData(ResponseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(ResponseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingWorkerReport(ResponseModel):
+    engine_seconds: float = 0.0
+    queue_seconds: float = 0.0
+
+
+class EmbeddingResponse(ResponseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+    tollgate: EmbeddingWorkerReport | None = Field(default=None, exclude_if=_omit_none)
+
+
+# ----------------------------------------------------------------- models
+
+
+class ModelCard(ResponseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tollgate"
+
+
+class ModelList(ResponseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

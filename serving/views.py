@@ -1,4 +1,8 @@
-"""HTTP in and out for /v1, on Starlette. Thin: read headers and body, call serving.chat, shape the response.
+"""The HTTP edge for /v1, on Starlette: authenticate the key, parse the body into wire types, call the flow.
+
+Thin by design: headers and body in; a ``RequestContext`` to ``serving.flow``;
+its outcome (wire types and headers) out as JSON or server-sent events.
+Nothing past this module sees HTTP.
 
 Why not Django views: under ASGI, Django's handler runs the request signals'
 sync receivers in a fresh thread per request and builds an HttpRequest for
@@ -11,31 +15,54 @@ models and service functions; everything else stays Django (tollgate/asgi.py).
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 
-import uuid6
 from django.conf import settings
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from core.threads import on_thread_pool
 from metering import pricing
-from metering.tracing import tracer
+from metering.tracing import tenant_attributes, tracer
+from tenants import services as tenants
 
 from . import errors
-from .chat import ChatCall, Settlement, aprepare_chat, authenticate, on_thread_pool
-from .embeddings import aprepare_embeddings, create_embeddings, embedding_attributes
-from .engines.registry import served_model_names
+from .flow.context import RequestContext, new_request_id
+from .flow.pipeline import serve_chat, serve_embeddings
+from .pools import served_model_names
+from .protocol import ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelList, parse_request
 
 logger = logging.getLogger(__name__)
 
 
-def new_request_id() -> str:
-    return uuid6.uuid7().hex
+def authenticate(authorization: str | None, feature: str | None) -> tenants.TenantContext:
+    try:
+        return tenants.authenticate_api_key(authorization, feature)
+    except tenants.AuthenticationFailed as exc:
+        raise errors.InvalidApiKey(exc.reason)
+    except tenants.UnknownFeature as exc:
+        raise errors.InvalidRequest(str(exc), param="X-Feature", code="unknown_feature")
+
+
+def _authenticate_with_span(request_id: str, authorization: str | None, feature: str | None, parent: trace.Span):
+    with tracer.start_as_current_span("auth", context=trace.set_span_in_context(parent),
+                                      attributes={"tollgate.request_id": request_id}) as span:
+        tenant = authenticate(authorization, feature)
+        span.set_attributes(_tenant_attributes(tenant))
+        return tenant
+
+
+aauthenticate = on_thread_pool(_authenticate_with_span)
+
+
+def _tenant_attributes(tenant: tenants.TenantContext) -> dict:
+    return tenant_attributes(org_slug=tenant.org_slug, org_id=tenant.org_id, feature=tenant.feature_slug,
+                             api_key_id=tenant.api_key_id, user_id=tenant.user_id)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -54,99 +81,109 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _json(body: dict, request_id: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body, headers={"X-Request-Id": request_id, **(headers or {})})
+def _json(model, request_id: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json",
+                    headers={"X-Request-Id": request_id, **(headers or {})})
 
 
-def _settlement_headers(settlement: Settlement | None) -> dict[str, str]:
-    if settlement is None:
-        return {}
-    headers = {"X-Tollgate-Cost": str(settlement.cost), "X-Tollgate-Model": settlement.model}
-    if settlement.budget_remaining is not None:
-        headers["X-Tollgate-Budget-Remaining"] = str(settlement.budget_remaining)
-    return headers
-
-
-def _downgrade_header(prepared) -> dict[str, str]:
-    if prepared.reservation is not None and prepared.reservation.downgraded:
-        return {"X-Tollgate-Downgraded": prepared.reservation.downgrade_header}
-    return {}
-
-
-def _sse(payload: dict) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def chat_completions(request: Request) -> Response:
-    request_id = new_request_id()
-    if request.method != "POST":
-        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/chat/completions."), request_id)
-    span = tracer.start_span("POST /v1/chat/completions", kind=SpanKind.SERVER,
+def _server_span(name: str, request: Request, request_id: str, **attributes) -> trace.Span:
+    return tracer.start_span(name, kind=SpanKind.SERVER,
                              attributes={"http.request.method": "POST", "url.path": request.url.path,
-                                         "tollgate.request_id": request_id})
+                                         "tollgate.request_id": request_id, **attributes})
+
+
+async def _serve(request: Request, request_id: str, span: trace.Span, wire_type, serve):
+    """``(outcome, None)`` from the flow, or ``(None, error response)``; the span is ended on any error."""
     try:
-        # The server span is current here, so the auth and route spans are its children.
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-            prepared = await aprepare_chat(
-                request_id, request.headers.get("authorization"), request.headers.get("x-feature"),
-                await _read_body(request), quality=request.headers.get("x-quality"),
-            )
-        call = ChatCall(prepared, span)
-        await call.start()  # pool admission: a full queue is a 429 before any byte is sent
-        if prepared.body.stream:
-            return StreamingResponse(_stream(call, span), media_type="text/event-stream", headers={
-                "Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": request_id,
-                "X-Tollgate-Model": prepared.entry.name, **_downgrade_header(prepared),
-            })
-        body = await call.complete()
+        return await serve(await _context(request, request_id, span, wire_type)), None
     except errors.OpenAIError as exc:
         span.set_attribute("http.response.status_code", exc.status)
         span.set_attribute("error.type", exc.code or exc.type)
         if exc.status >= 500:
             span.set_status(Status(StatusCode.ERROR, exc.message))
         span.end()
-        return errors.error_response(exc, request_id)
+        return None, errors.error_response(exc, request_id)
     except BaseException as exc:
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         span.end()
         raise
+
+
+async def _context(request: Request, request_id: str, span: trace.Span, wire_type) -> RequestContext:
+    """Authenticate (401 before the body is even parsed), then parse the body into ``wire_type``."""
+    tenant = await aauthenticate(request_id, request.headers.get("authorization"),
+                                 request.headers.get("x-feature"), span)
+    span.set_attributes(_tenant_attributes(tenant))
+    body = parse_request(wire_type, await _read_body(request))
+    return RequestContext(tenant=tenant, request=body, request_id=request_id, span=span,
+                          quality_high=request.headers.get("x-quality", "").strip().lower() == "high")
+
+
+async def chat_completions(request: Request) -> Response:
+    request_id = new_request_id()
+    if request.method != "POST":
+        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/chat/completions."), request_id)
+    span = _server_span("POST /v1/chat/completions", request, request_id)
+    outcome, refused = await _serve(request, request_id, span, ChatCompletionRequest, serve_chat)
+    if refused is not None:
+        return refused
+    if outcome.chunks is not None:
+        return SettlingStreamingResponse(_sse(outcome.chunks, span), outcome.close, span, headers={
+            "Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": request_id, **outcome.headers,
+        })
     span.set_attribute("http.response.status_code", 200)
     span.end()
-    return _json(body, request_id, {**_settlement_headers(call.settlement), **_downgrade_header(prepared)})
+    return _json(outcome.response, request_id, outcome.headers)
 
 
-async def _stream(call: ChatCall, span):
-    chunks = call.stream_chunks()
-    try:
-        async for chunk in chunks:
-            yield _sse(chunk)
-        yield b"data: [DONE]\n\n"
-        span.set_attribute("http.response.status_code", 200)
-    except errors.OpenAIError as exc:
-        # Headers are gone already; the error travels as an SSE event, as OpenAI does.
-        span.set_status(Status(StatusCode.ERROR, exc.message))
-        yield _sse(exc.body())
-    finally:
-        # Settle now, even if the client left and this generator is being closed (stream_chunks shields
-        # the settlement, so it completes even when this await is cancelled).
+async def _sse(chunks, span: trace.Span):
+    async for chunk in chunks:
+        yield b"data: " + chunk.model_dump_json().encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+    span.set_attribute("http.response.status_code", 200)
+
+
+class SettlingStreamingResponse(StreamingResponse):
+    """Server-sent events whose flow is closed (and so settled) however the response ends.
+
+    Closing the body generator alone is not enough: a client that leaves before Starlette first asks
+    the generator for a chunk leaves it unstarted, and closing an unstarted generator runs none of it.
+    """
+
+    def __init__(self, content, close, span: trace.Span, headers: dict[str, str]):
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self._close, self._span = close, span
+
+    async def __call__(self, scope, receive, send) -> None:
         try:
-            await chunks.aclose()
+            await super().__call__(scope, receive, send)
         finally:
-            span.end()
+            # Shielded: the server keeps cancelling this task once its client is gone.
+            try:
+                await asyncio.shield(self._close())
+            finally:
+                self._span.end()
 
 
-def _models_body(names: list[tuple[str, int]]) -> dict:
-    return {
-        "object": "list",
-        "data": [{"id": name, "object": "model", "created": created, "owned_by": "tollgate"} for name, created in names],
-    }
+async def embeddings(request: Request) -> Response:
+    request_id = new_request_id()
+    if request.method != "POST":
+        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/embeddings."), request_id)
+    span = _server_span("POST /v1/embeddings", request, request_id, **{"gen_ai.operation.name": "embeddings"})
+    outcome, refused = await _serve(request, request_id, span, EmbeddingRequest, serve_embeddings)
+    if refused is not None:
+        return refused
+    span.set_attribute("http.response.status_code", 200)
+    span.end()
+    return _json(outcome.response, request_id, outcome.headers)
 
 
-def _list_models(authorization: str | None) -> list[tuple[str, int]]:
+def _list_models(authorization: str | None) -> list[ModelCard]:
     authenticate(authorization, None)
     served = served_model_names()
-    return [(m.name, int(m.created_at.timestamp())) for m in pricing.active_catalog() if m.name in served]
+    return [ModelCard(id=m.name, created=int(m.created_at.timestamp()))
+            for m in pricing.active_catalog() if m.name in served]
 
 
 async def models(request: Request) -> Response:
@@ -157,36 +194,14 @@ async def models(request: Request) -> Response:
             raise errors.MethodNotAllowed("Use GET for /v1/models.")
         listed = await on_thread_pool(_list_models)(request.headers.get("authorization"))
         if model_id is None:
-            return _json(_models_body(listed), request_id)
-        match = [item for item in listed if item[0] == model_id]
+            return _json(ModelList(data=listed), request_id)
+        match = [card for card in listed if card.id == model_id]
         if not match:
             raise errors.ModelNotFound(f"The model `{model_id}` does not exist or you do not have access to it.",
                                        param="model")
-        return _json(_models_body(match)["data"][0], request_id)
+        return _json(match[0], request_id)
     except errors.OpenAIError as exc:
         return errors.error_response(exc, request_id)
-
-
-async def embeddings(request: Request) -> Response:
-    request_id = new_request_id()
-    if request.method != "POST":
-        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/embeddings."), request_id)
-    span = tracer.start_span("POST /v1/embeddings", kind=SpanKind.SERVER,
-                             attributes={"http.request.method": "POST", "url.path": request.url.path,
-                                         "tollgate.request_id": request_id, "gen_ai.operation.name": "embeddings"})
-    try:
-        prepared = await aprepare_embeddings(request_id, request.headers.get("authorization"),
-                                             request.headers.get("x-feature"), await _read_body(request))
-        body, draft = await create_embeddings(prepared)
-    except errors.OpenAIError as exc:
-        span.set_attribute("http.response.status_code", exc.status)
-        span.set_attribute("error.type", exc.code or exc.type)
-        span.end()
-        return errors.error_response(exc, request_id)
-    span.set_attributes(embedding_attributes(draft))
-    span.set_attribute("http.response.status_code", 200)
-    span.end()
-    return _json(body, request_id, {"X-Tollgate-Model": draft.model_served, "X-Tollgate-Cost": str(draft.cost_total)})
 
 
 async def not_found(request: Request) -> Response:

@@ -3,8 +3,6 @@ from django.db import models
 from django.utils import timezone
 from django.utils.html import format_html
 
-from budgets.admin import BudgetInline
-
 from . import services
 from .models import ApiKey, Feature, Membership, Organization
 
@@ -25,7 +23,7 @@ class OrganizationAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "timezone", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [FeatureInline, MembershipInline, BudgetInline]
+    inlines = [FeatureInline, MembershipInline]  # budgets.admin adds its budgets
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 

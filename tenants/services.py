@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.db.models import Q
 from django.utils import timezone
 
-from tollgate.memo import Memo, Throttle
+from core.memo import Memo, Throttle
 
 from .models import ApiKey, Feature, Membership, Organization
 

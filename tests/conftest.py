@@ -70,9 +70,9 @@ def _close_other_connections():
 
 @pytest.fixture(autouse=True)
 def forget_memoized_configuration():
-    """Each test starts with empty per-process memos (tollgate/memo.py): the database is emptied between
+    """Each test starts with empty per-process memos (core/memo.py): the database is emptied between
     tests without sending the signals that would otherwise drop them."""
-    from tollgate.memo import clear_all_memos
+    from core.memo import clear_all_memos
 
     clear_all_memos()
     yield
@@ -148,3 +148,13 @@ def clickhouse():
 
     ch.truncate_all()
     return ch.get_client()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    """Let background alert deliveries (a thread per alert without a broker) finish before the test's
+    database is flushed: a delivery still reading while the flush truncates its tables deadlocks it."""
+    for thread in threading.enumerate():
+        if thread.name == "budget-alert-delivery":
+            thread.join(30)
+    yield

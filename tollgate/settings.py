@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "budgets",
     "serving",
     "dashboards",
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -166,6 +167,14 @@ CELERY_BEAT_SCHEDULE = {
 # --- ClickHouse and telemetry -----------------------------------------------
 CLICKHOUSE_DSN = env("CLICKHOUSE_DSN", f"chdb:///{VAR_DIR / 'clickhouse'}")
 OTEL_SERVICE_NAME = env("OTEL_SERVICE_NAME", "tollgate")
+# The span batches to ClickHouse (tollgate/telemetry.py): the standard OTEL_BSP_* variables, with larger
+# defaults than the SDK's (ClickHouse wants few large inserts).
+OTEL_BSP_MAX_QUEUE_SIZE = env_int("OTEL_BSP_MAX_QUEUE_SIZE", 65536)
+OTEL_BSP_MAX_EXPORT_BATCH_SIZE = env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 16384)
+# Either set: spans also go to an OpenTelemetry Collector over OTLP/HTTP. The exporter reads these and the
+# other OTEL_EXPORTER_OTLP_* variables itself; these two only decide whether there is an exporter.
+OTEL_EXPORTER_OTLP_ENDPOINT = env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
 # Export spans to ClickHouse's otel_traces table (same schema as the Collector's exporter).
 TOLLGATE_SPANS_TO_CLICKHOUSE = env_bool("TOLLGATE_SPANS_TO_CLICKHOUSE", True)
 # Ship the usage outbox from a thread inside the web process (embedded default).
@@ -177,6 +186,18 @@ TOLLGATE_SHIP_BATCH_SIZE = env_int("TOLLGATE_SHIP_BATCH_SIZE", 5000)
 TOLLGATE_SHIP_LEASE_S = float(env("TOLLGATE_SHIP_LEASE_S", "60"))
 # If set, /metrics requires `Authorization: Bearer <token>`.
 TOLLGATE_METRICS_TOKEN = env("TOLLGATE_METRICS_TOKEN", "")
+# Several web processes: an empty folder (wiped at deploy) where prometheus-client keeps per-process
+# counters that /metrics merges (metering/metrics.py). Unset: each process reports its own.
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", "")
+
+# --- Processes ----------------------------------------------------------------
+# Where `manage.py serve` listens (seed_demo prints its addresses with PORT) and uvicorn's log level there.
+HOST = env("HOST", "127.0.0.1")
+PORT = env_int("PORT", 8000)
+UVICORN_LOG_LEVEL = env("UVICORN_LOG_LEVEL", "info")
+# `manage.py serve_engine` (an engine worker) listens on HOST and PORT too, with its own defaults.
+SERVE_ENGINE_PORT = env_int("PORT", 8100)
+SERVE_ENGINE_LOG_LEVEL = env("UVICORN_LOG_LEVEL", "warning")
 
 # --- Gateway ----------------------------------------------------------------
 # Largest request body accepted by /v1 (bytes) and the default output cap
@@ -184,17 +205,31 @@ TOLLGATE_METRICS_TOKEN = env("TOLLGATE_METRICS_TOKEN", "")
 TOLLGATE_MAX_REQUEST_BYTES = env_int("TOLLGATE_MAX_REQUEST_BYTES", 1_048_576)
 TOLLGATE_DEFAULT_MAX_TOKENS = env_int("TOLLGATE_DEFAULT_MAX_TOKENS", 64)
 TOLLGATE_MAX_TOKENS_LIMIT = env_int("TOLLGATE_MAX_TOKENS_LIMIT", 1024)
+# The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
+# always ends by settling and responding. Stages to come (idempotency, token optimization, cache) go here.
+TOLLGATE_CHAT_STAGES = [
+    "serving.stages.route",
+    "serving.stages.reserve_budget",
+    "serving.stages.generate",
+]
+TOLLGATE_EMBEDDINGS_STAGES = [
+    "serving.stages.route",
+    "serving.stages.reserve_budget",
+    "serving.stages.embed",
+]
 # Which engine serves models without a deployment: "cpu" runs the CPU engine in this process, "none" none.
 TOLLGATE_ENGINE = env("TOLLGATE_ENGINE", "cpu")
 TOLLGATE_CPU_MAX_NUM_SEQS = env_int("TOLLGATE_CPU_MAX_NUM_SEQS", 32)
 TOLLGATE_CPU_MAX_NUM_BATCHED_TOKENS = env_int("TOLLGATE_CPU_MAX_NUM_BATCHED_TOKENS", 4096)
 TOLLGATE_CPU_PREFIX_CACHING = env_bool("TOLLGATE_CPU_PREFIX_CACHING", True)
 TOLLGATE_CPU_PREFIX_CACHE_BLOCKS = env_int("TOLLGATE_CPU_PREFIX_CACHE_BLOCKS", 1024)
+# Threads torch computes with in the CPU engine (here or in a worker); 0: torch's default.
+TOLLGATE_CPU_ENGINE_THREADS = env_int("TOLLGATE_CPU_ENGINE_THREADS", 0)
 # Pools (serving.models; docs/configuration.md): admission, replica choice, health, remote workers.
 TOLLGATE_POOL_MAX_QUEUE = env_int("TOLLGATE_POOL_MAX_QUEUE", 256)
 TOLLGATE_POOL_CONFIG_TTL_S = float(env("TOLLGATE_POOL_CONFIG_TTL_S", "5"))
 # How long a web process may reuse API keys, prices, budget definitions and chargeback modes it has read
-# (tollgate/memo.py). The process that changes one sees the change at once; others within this many seconds.
+# (core/memo.py). The process that changes one sees the change at once; others within this many seconds.
 TOLLGATE_CONFIG_CACHE_TTL_S = float(env("TOLLGATE_CONFIG_CACHE_TTL_S", "5"))
 # true: a request's ledger row is flushed to disk (PostgreSQL WAL) before its response is sent, so no
 # served request's usage can be lost. false: the commit returns before the flush (about 1 ms sooner on

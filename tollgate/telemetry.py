@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from django.conf import settings
@@ -26,13 +25,13 @@ def build_tracer_provider() -> TracerProvider:
         # ClickHouse wants few large inserts: each insert writes new parts, at a fixed cost far above
         # the per-row cost. So batches are much larger than the SDK's defaults (2,048 queued, 512 per
         # export): one insert per OTEL_BSP_SCHEDULE_DELAY (5 s) under normal load. The standard
-        # OTEL_BSP_* variables still override these.
+        # OTEL_BSP_* variables still override these (tollgate/settings.py reads them).
         provider.add_span_processor(BatchSpanProcessor(
             ClickHouseSpanExporter(),
-            max_queue_size=int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "65536")),
-            max_export_batch_size=int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "16384")),
+            max_queue_size=settings.OTEL_BSP_MAX_QUEUE_SIZE,
+            max_export_batch_size=settings.OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
         ))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    if settings.OTEL_EXPORTER_OTLP_ENDPOINT or settings.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError:

@@ -1,32 +1,18 @@
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django import template
+
+from core.money import format_usd
 
 register = template.Library()
 
 
 @register.filter
 def usd(amount) -> str:
-    """Dollars readable at any scale: cents for real money, more digits for fractions of a cent.
-
-    A single LLM request often costs a few millionths of a dollar; "$0.00" would hide it.
-    """
+    """Dollars readable at any scale (core.money.format_usd, rounded): "$0.00" would hide a request's cost."""
     if amount is None:
         return "—"
-    amount = Decimal(amount)
-    magnitude = abs(amount)
-    if magnitude == 0:
-        return "$0.00"
-    if magnitude >= Decimal("0.01"):
-        places = Decimal("0.01")
-    elif magnitude >= Decimal("0.0001"):
-        places = Decimal("0.0001")
-    else:
-        places = Decimal("0.000001")
-    rounded = amount.quantize(places, rounding=ROUND_HALF_UP)
-    if rounded == 0:
-        return "<$0.000001" if amount > 0 else "$0.00"
-    return f"${rounded:,}"
+    return format_usd(amount, rounded=True)
 
 
 @register.filter

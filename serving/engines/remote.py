@@ -35,6 +35,7 @@ from .base import (
     ChatMessage,
     Engine,
     EngineError,
+    EngineRejected,
     EngineUnavailable,
     GenerationRequest,
     GenerationResult,
@@ -103,8 +104,28 @@ def read_engine_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def worker_error(base_url: str, status: int, body: bytes) -> EngineError:
+    """The exception for a worker's non-200 answer: its 400s are the caller's (EngineRejected, with the
+    parameter it named), 5xx an outage (EngineUnavailable), anything else an engine failure."""
+    detail = body.decode(errors="replace")[:500]
+    if status == 400:
+        try:
+            error = json.loads(body)["error"]
+            return EngineRejected(f"The engine refused the request: {error['message']}", param=error.get("param"))
+        except (ValueError, KeyError, TypeError):
+            return EngineRejected(f"The engine refused the request: {detail}")
+    if status >= 500:
+        return EngineUnavailable(f"worker {base_url} answered {status}: {detail}")
+    return EngineError(f"worker {base_url} answered {status}: {detail}")
+
+
 class RemoteEngine(Engine):
     """One worker URL serving ``models``."""
+
+    # What vLLM's OpenAI server takes and this adapter passes on. (n, logprobs and tools change the
+    # response's shape, which the gateway does not carry yet, so they are refused before this.)
+    supported_parameters = frozenset({"frequency_penalty", "presence_penalty", "logit_bias", "response_format",
+                                      "messages.name"})
 
     def __init__(self, base_url: str, models: list[str], *, context_windows: dict[str, int] | None = None,
                  connect_timeout: float = 2.0, read_timeout: float = 60.0):
@@ -153,17 +174,31 @@ class RemoteEngine(Engine):
 
     def request_body(self, request: GenerationRequest) -> tuple[str, dict]:
         sp = request.sampling
-        body: dict = {"model": request.model, "max_tokens": sp.max_tokens, "temperature": sp.temperature,
-                      "top_p": sp.top_p, "stream": True,
+        temperature, top_p = sp.temperature, sp.top_p
+        if top_p <= 0.0:
+            # OpenAI's top_p 0 keeps only the most likely token; vLLM refuses top_p 0 and spells that
+            # as temperature 0 (greedy).
+            temperature, top_p = 0.0, 1.0
+        body: dict = {"model": request.model, "max_tokens": sp.max_tokens, "temperature": temperature,
+                      "top_p": top_p, "stream": True,
                       "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
         if sp.seed is not None:
             body["seed"] = sp.seed
         if sp.stop:
             body["stop"] = list(sp.stop)
+        if sp.frequency_penalty:
+            body["frequency_penalty"] = sp.frequency_penalty
+        if sp.presence_penalty:
+            body["presence_penalty"] = sp.presence_penalty
+        if sp.logit_bias:
+            body["logit_bias"] = dict(sp.logit_bias)
+        if sp.response_format is not None:
+            body["response_format"] = sp.response_format
         if request.prompt is not None:
             body["prompt"] = request.prompt
             return "/v1/completions", body
-        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        body["messages"] = [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
+                            for m in request.messages]
         return "/v1/chat/completions", body
 
 
@@ -199,9 +234,7 @@ class RemoteGenerationStream(GenerationStream):
         ended = False
         try:
             if response.status != 200:
-                detail = (await response.read()).decode(errors="replace")[:500]
-                error = EngineUnavailable if response.status >= 500 else EngineError
-                raise error(f"worker {self.engine.base_url} answered {response.status}: {detail}")
+                raise worker_error(self.engine.base_url, response.status, await response.read())
             produced = 0
             async for raw_line in response.content:
                 if not raw_line.startswith(b"data:"):
@@ -305,8 +338,7 @@ class RemoteEmbedder:
         except HTTP_ERRORS as exc:
             raise EngineUnavailable(f"worker {self.base_url} unreachable: {exc!r}") from exc
         if status != 200:
-            error = EngineUnavailable if status >= 500 else EngineError
-            raise error(f"worker {self.base_url} answered {status}: {text[:500]}")
+            raise worker_error(self.base_url, status, text.encode())
         body = json.loads(text)
         report = body.get("tollgate") or {}
         data = sorted(body["data"], key=lambda d: d["index"])

@@ -21,32 +21,50 @@ A client that disconnects mid-stream cancels the generation on the engine.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
+
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from .base import ChatMessage, Engine, EngineError, GenerationRequest, GenerationResult, PromptTooLong, SamplingParams
+from .. import errors
+from ..protocol import (
+    AssistantMessage,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionUsage,
+    DeltaMessage,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    EmbeddingWorkerReport,
+    EngineReport,
+    ErrorDetail,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    encode_embedding,
+    parse_request,
+)
+from .base import Engine, EngineError, GenerationRequest, GenerationResult, PromptTooLong
+
+# vLLM's default is "the rest of the context"; the gateway always sends max_tokens, so this is for direct callers.
+DEFAULT_MAX_TOKENS = 16
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                    20.0, 40.0, 80.0)
-
-
-class WorkerRequestError(Exception):
-    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.message, self.status, self.code, self.param = message, status, code, param
-
-    def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
 
 
 class _EngineCollector:
@@ -120,43 +138,20 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
-def engine_report(result: GenerationResult | None) -> dict:
+def engine_report(result: GenerationResult | None) -> EngineReport | None:
     """The ``tollgate`` object: what the engine measured for one request."""
     if result is None:
-        return {}
-    return {
-        "engine_seconds": result.engine_seconds,
-        "queue_seconds": result.extra.get("queue_seconds", 0.0),
-        "time_to_first_token_seconds": result.time_to_first_token_s,
-    }
+        return None
+    return EngineReport(engine_seconds=result.engine_seconds, queue_seconds=result.extra.get("queue_seconds", 0.0),
+                        time_to_first_token_seconds=result.time_to_first_token_s)
 
 
-def usage_of(result: GenerationResult | None, prompt_tokens: int, completion_tokens: int) -> dict:
-    cached = result.cached_prompt_tokens if result is not None else 0
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}}
+def usage_of(result: GenerationResult | None, prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
+    return CompletionUsage.of(prompt_tokens, completion_tokens, result.cached_prompt_tokens if result else 0)
 
 
-def _content_text(content) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    raise WorkerRequestError("message content must be a string or an array of text parts", param="messages")
-
-
-def _sampling(body: dict) -> SamplingParams:
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 16
-    stop = body.get("stop") or ()
-    if isinstance(stop, str):
-        stop = (stop,)
-    try:
-        return SamplingParams(max_tokens=int(max_tokens), temperature=float(body.get("temperature", 1.0) or 0.0),
-                              top_p=float(body.get("top_p", 1.0) or 1.0), seed=body.get("seed"), stop=tuple(stop))
-    except (TypeError, ValueError) as exc:
-        raise WorkerRequestError(f"invalid sampling parameters: {exc}")
+def _json(model) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 class _SSEResponse:
@@ -171,7 +166,7 @@ class _SSEResponse:
 
         async def pump():
             async for chunk in self.chunks:
-                data = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+                data = b"data: " + chunk.model_dump_json().encode() + b"\n\n"
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
@@ -206,99 +201,81 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
         return Response(status_code=200)
 
     async def models(request: Request):
-        data = [{"id": m, "object": "model", "created": created, "owned_by": "tollgate",
-                 "root": m, "parent": None} for m in model_ids()]
-        return JSONResponse({"object": "list", "data": data})
+        return _json(ModelList(data=[ModelCard(id=m, created=created) for m in model_ids()]))
 
     async def prometheus(request: Request):
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def read_json(request: Request) -> dict:
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise WorkerRequestError(f"invalid JSON body: {exc}")
-        if not isinstance(body, dict):
-            raise WorkerRequestError("the body must be a JSON object")
-        return body
+    def generation_request(body: ChatCompletionRequest | CompletionRequest) -> GenerationRequest:
+        if engine is None or body.model not in engine.model_names():
+            raise errors.ModelNotFound(f"The model `{body.model}` does not exist.", param="model")
+        unsupported = sorted(body.engine_parameters() - engine.supported_parameters)
+        if unsupported:
+            raise errors.InvalidRequest(f"This engine does not support the parameter '{unsupported[0]}'.",
+                                        param=unsupported[0], code="unsupported_parameter")
+        max_tokens = body.max_tokens or DEFAULT_MAX_TOKENS
+        if isinstance(body, ChatCompletionRequest):
+            max_tokens = body.max_output_tokens or DEFAULT_MAX_TOKENS
+            return GenerationRequest(request_id=uuid.uuid4().hex, model=body.model,
+                                     messages=body.to_chat_messages(), sampling=body.to_sampling_params(max_tokens))
+        return GenerationRequest(request_id=uuid.uuid4().hex, model=body.model, messages=(),
+                                 sampling=body.to_sampling_params(max_tokens), prompt=body.prompt_text)
 
-    def generation_request(body: dict, chat: bool) -> GenerationRequest:
-        model = body.get("model")
-        if engine is None or model not in engine.model_names():
-            raise WorkerRequestError(f"The model `{model}` does not exist.", status=404, code="model_not_found",
-                                     param="model")
-        if chat:
-            raw = body.get("messages")
-            if not isinstance(raw, list) or not raw:
-                raise WorkerRequestError("'messages' must be a non-empty array", param="messages")
-            messages = tuple(ChatMessage(str(m.get("role", "user")), _content_text(m.get("content"))) for m in raw)
-            prompt = None
-        else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
-                raise WorkerRequestError("'prompt' must be a string", param="prompt")
-            messages = ()
-        return GenerationRequest(request_id=uuid.uuid4().hex, model=model, messages=messages,
-                                 sampling=_sampling(body), prompt=prompt)
-
-    async def generate(request: Request, chat: bool):
+    async def generate(request: Request, kind: type[ChatCompletionRequest] | type[CompletionRequest]):
+        chat = kind is ChatCompletionRequest
         try:
-            body = await read_json(request)
-            gen = generation_request(body, chat)
+            body = parse_request(kind, await request.body())
+            gen = generation_request(body)
             stream = engine.stream(gen)
-        except WorkerRequestError as exc:
-            return exc.response()
+        except errors.OpenAIError as exc:
+            return errors.error_response(exc)
         except PromptTooLong as exc:
-            return WorkerRequestError(str(exc), code="context_length_exceeded", param="messages").response()
-        except (EngineError, ValueError) as exc:
-            return WorkerRequestError(str(exc), status=400 if isinstance(exc, ValueError) else 503).response()
+            return errors.error_response(errors.ContextLengthExceeded(str(exc), param="messages"))
+        except ValueError as exc:
+            return errors.error_response(errors.InvalidRequest(str(exc)))
+        except EngineError as exc:
+            return errors.error_response(errors.EngineUnavailable(str(exc)))
         started = time.perf_counter()
-        kind = "chat.completion" if chat else "text_completion"
-        prefix = "chatcmpl-" if chat else "cmpl-"
-        rid = prefix + gen.request_id
+        rid = ("chatcmpl-" if chat else "cmpl-") + gen.request_id
         created_at = int(time.time())
-        if body.get("stream"):
-            options = body.get("stream_options") or {}
-            return _SSEResponse(_stream_chunks(stream, gen, chat, rid, created_at, started,
-                                               bool(options.get("include_usage")),
-                                               bool(options.get("continuous_usage_stats"))))
+        if body.stream:
+            return _SSEResponse(_stream_chunks(stream, gen, chat, rid, created_at, started, body.include_usage,
+                                               body.continuous_usage))
         parts = []
         try:
             async for delta in stream:
                 parts.append(delta.text)
         except EngineError as exc:
-            return WorkerRequestError(f"the engine failed: {exc}", status=503).response()
+            return errors.error_response(errors.EngineUnavailable(f"the engine failed: {exc}"))
         result = stream.result
         metrics.observe(gen.model, result, time.perf_counter() - started)
         text = "".join(parts)
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                   "finish_reason": result.finish_reason} if chat else
-                  {"index": 0, "text": text, "logprobs": None, "finish_reason": result.finish_reason})
-        return JSONResponse({"id": rid, "object": kind, "created": created_at, "model": gen.model,
-                             "choices": [choice],
-                             "usage": usage_of(result, result.prompt_tokens, result.completion_tokens),
-                             "tollgate": engine_report(result)})
+        usage = usage_of(result, result.prompt_tokens, result.completion_tokens)
+        if chat:
+            return _json(ChatCompletionResponse(
+                id=rid, created=created_at, model=gen.model, usage=usage, tollgate=engine_report(result),
+                choices=[ChatCompletionChoice(message=AssistantMessage(content=text),
+                                              finish_reason=result.finish_reason)]))
+        return _json(CompletionResponse(
+            id=rid, created=created_at, model=gen.model, usage=usage, tollgate=engine_report(result),
+            choices=[CompletionChoice(text=text, finish_reason=result.finish_reason)]))
 
     async def _stream_chunks(stream, gen, chat, rid, created_at, started, include_usage, continuous):
-        kind = "chat.completion.chunk" if chat else "text_completion"
         prompt_tokens = getattr(stream, "prompt_tokens", 0)
         produced = 0
 
-        def chunk(delta_text: str | None, finish: str | None, usage: dict | None = None, role: bool = False):
-            if chat:
-                delta = {"role": "assistant", "content": ""} if role else (
-                    {} if delta_text is None else {"content": delta_text})
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": finish}
-            body = {"id": rid, "object": kind, "created": created_at, "model": gen.model, "choices": [choice]}
-            if continuous and usage is None:
+        def chunk(text: str | None, finish: str | None, *, role: bool = False, usage=None, report=None, final=False):
+            if continuous and usage is None and not final:
                 usage = usage_of(None, prompt_tokens, produced)
-            if usage is not None:
-                body["usage"] = usage
-            return body
+            if chat:
+                choices = [] if final else [ChatCompletionChunkChoice(
+                    delta=DeltaMessage(role="assistant", content="") if role else DeltaMessage(content=text),
+                    finish_reason=finish)]
+                return ChatCompletionChunk(id=rid, created=created_at, model=gen.model, choices=choices,
+                                           usage=usage, tollgate=report)
+            choices = [] if final else [CompletionChoice(text=text or "", finish_reason=finish)]
+            return CompletionResponse(id=rid, created=created_at, model=gen.model, choices=choices, usage=usage,
+                                      tollgate=report)
 
         try:
             if chat:
@@ -310,37 +287,36 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
             metrics.observe(gen.model, result, time.perf_counter() - started)
             yield chunk(None if chat else "", result.finish_reason)
             if include_usage:
-                final = {"id": rid, "object": kind, "created": created_at, "model": gen.model, "choices": [],
-                         "usage": usage_of(result, result.prompt_tokens, result.completion_tokens),
-                         "tollgate": engine_report(result)}
-                yield final
+                yield chunk(None, None, final=True, usage=usage_of(result, result.prompt_tokens,
+                                                                   result.completion_tokens),
+                            report=engine_report(result))
         except EngineError as exc:
-            yield {"error": {"message": f"the engine failed: {exc}", "type": "server_error", "param": None,
-                             "code": "engine_error"}}
+            yield ErrorResponse(error=ErrorDetail(message=f"the engine failed: {exc}", type="server_error",
+                                                  code="engine_error"))
         finally:
             if stream.result is None:
                 await stream.cancel()  # the client left: stop generating now
 
     async def chat_completions(request: Request):
-        return await generate(request, chat=True)
+        return await generate(request, ChatCompletionRequest)
 
     async def completions(request: Request):
-        return await generate(request, chat=False)
+        return await generate(request, CompletionRequest)
 
     async def embeddings(request: Request):
-        if embedder is None:
-            return WorkerRequestError("this worker serves no embedding model", status=404,
-                                      code="model_not_found", param="model").response()
         try:
-            body = await read_json(request)
-            if body.get("model") != embedder.model_name:
-                raise WorkerRequestError(f"The model `{body.get('model')}` does not exist.", status=404,
-                                         code="model_not_found", param="model")
-            texts = embedding_inputs(body.get("input"))
-        except WorkerRequestError as exc:
-            return exc.response()
-        result = await embedder.embed(texts)
-        return JSONResponse(embeddings_body(embedder.model_name, result))
+            if embedder is None:
+                raise errors.ModelNotFound("This worker serves no embedding model.", param="model")
+            body = parse_request(EmbeddingRequest, await request.body())
+            if body.model != embedder.model_name:
+                raise errors.ModelNotFound(f"The model `{body.model}` does not exist.", param="model")
+            if body.dimensions not in (None, embedder.dimensions):
+                raise errors.InvalidRequest(f"This model returns {embedder.dimensions} dimensions only.",
+                                            param="dimensions", code="invalid_value")
+        except errors.OpenAIError as exc:
+            return errors.error_response(exc)
+        result = await embedder.embed(body.texts)
+        return _json(embeddings_body(embedder.model_name, result, body.encoding_format))
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -356,21 +332,11 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
     return app
 
 
-def embedding_inputs(raw) -> list[str]:
-    """The texts of an embeddings request: a string or an array of non-empty strings."""
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) and t for t in raw):
-        raise WorkerRequestError("'input' must be a non-empty string or an array of non-empty strings",
-                                 param="input")
-    return raw
-
-
-def embeddings_body(model: str, result) -> dict:
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": vec} for i, vec in enumerate(result.vectors)],
-        "model": model,
-        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        "tollgate": {"engine_seconds": result.engine_seconds, "queue_seconds": result.queue_seconds},
-    }
+def embeddings_body(model: str, result, encoding_format: str = "float") -> EmbeddingResponse:
+    return EmbeddingResponse(
+        data=[EmbeddingData(index=i, embedding=encode_embedding(v, encoding_format))
+              for i, v in enumerate(result.vectors)],
+        model=model,
+        usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+        tollgate=EmbeddingWorkerReport(engine_seconds=result.engine_seconds, queue_seconds=result.queue_seconds),
+    )

@@ -26,7 +26,7 @@ def reserve(tenant, at, request_id, prompt_tokens=1000, max_tokens=1000):
 
 
 def settle(tenant, reservation, at, output_tokens):
-    """What serving.chat.settle_chat does: the ledger row and the counters in one transaction."""
+    """What budgets.settlement.settle_usage does off PostgreSQL: the ledger row and the counters in one transaction."""
     entry = reservation.estimate.entry
     cost = pricing.cost_of_tokens(entry, input_tokens=reservation.estimate.prompt_tokens, output_tokens=output_tokens)
     with transaction.atomic():

@@ -1,11 +1,11 @@
-"""tollgate/db.py: a transaction sent as one string is atomic, and a failure leaves the connection usable."""
+"""core/db.py: a transaction sent as one string is atomic, and a failure leaves the connection usable."""
 
 import pytest
 from django.db import connection
 from django.db.utils import DatabaseError
 
-from tollgate import db
-from tollgate.memo import Memo
+from core import db
+from core.memo import Memo
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import httpx
@@ -130,27 +131,25 @@ def test_a_killed_replica_is_taken_out_and_requests_succeed_on_the_other(openai_
 
 def test_a_full_pool_queue_answers_429_with_retry_after_instead_of_hanging(live_gateway, tenant, deploy):
     deploy(MINI, [""], pool="tiny", max_in_flight_per_replica=1, max_queue=1)
-    statuses: list[int] = []
-    retry_after: list[str] = []
 
-    def call():
-        response = httpx.post(f"{live_gateway.v1}/chat/completions", timeout=60,
-                              headers={"Authorization": f"Bearer {tenant.plaintext}"},
-                              json={"model": MINI, "messages": MESSAGES, "max_tokens": 60, "temperature": 0})
-        statuses.append(response.status_code)
-        if response.status_code == 429:
-            retry_after.append(response.headers.get("Retry-After"))
-            assert response.json()["error"]["code"] == "queue_full"
+    def call() -> httpx.Response:
+        return httpx.post(f"{live_gateway.v1}/chat/completions", timeout=60,
+                          headers={"Authorization": f"Bearer {tenant.plaintext}"},
+                          json={"model": MINI, "messages": MESSAGES, "max_tokens": 60, "temperature": 0})
 
-    threads = [threading.Thread(target=call) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
+    # Checked here, in the test's thread: an assertion (or an exception) inside a worker thread is only
+    # printed by the thread, it never fails the test. .result() re-raises whatever the call raised.
+    with ThreadPoolExecutor(max_workers=6) as executor:
+        futures = [executor.submit(call) for _ in range(6)]
+        responses = [future.result(timeout=90) for future in futures]
+    statuses = [response.status_code for response in responses]
+    rejected = [response for response in responses if response.status_code == 429]
 
     assert statuses.count(200) >= 2  # one running, one waited in the queue
-    assert 429 in statuses
-    assert all(value and int(value) >= 1 for value in retry_after)
+    assert rejected, statuses
+    assert [response.json()["error"]["code"] for response in rejected] == ["queue_full"] * len(rejected)
+    retry_after = [response.headers.get("Retry-After") for response in rejected]
+    assert all(value and int(value) >= 1 for value in retry_after), retry_after
 
 
 def test_queue_wait_is_measured_and_recorded(openai_client, deploy):

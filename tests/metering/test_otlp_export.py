@@ -28,9 +28,11 @@ class FakeCollector(BaseHTTPRequestHandler):
 def test_spans_are_exported_over_otlp_http_when_the_endpoint_is_set(monkeypatch):
     server = HTTPServer(("127.0.0.1", 0), FakeCollector)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)  # the exporter reads it itself
     try:
-        with override_settings(TOLLGATE_SPANS_TO_CLICKHOUSE=False, OTEL_SERVICE_NAME="tollgate-otlp-test"):
+        with override_settings(TOLLGATE_SPANS_TO_CLICKHOUSE=False, OTEL_SERVICE_NAME="tollgate-otlp-test",
+                               OTEL_EXPORTER_OTLP_ENDPOINT=endpoint):  # as settings.py reads it at start
             provider = build_tracer_provider()
         with provider.get_tracer("test").start_as_current_span("chat tollgate-mini") as span:
             span.set_attribute("gen_ai.request.model", "tollgate-mini")

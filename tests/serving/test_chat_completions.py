@@ -1,8 +1,9 @@
 """The official openai client against a live gateway: answers, streams, usage and cost."""
 
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
+from django.conf import settings
 
 from metering.models import UsageRecord
 
@@ -14,17 +15,43 @@ MESSAGES = [
 ]
 
 
-def expected_cost(record: UsageRecord) -> Decimal:
+def cached_tokens(usage) -> int:
+    """The prompt tokens the engine's prefix cache supplied, as the client sees them."""
+    details = usage.prompt_tokens_details
+    return (details.cached_tokens or 0) if details is not None else 0
+
+
+def expected_cost(record: UsageRecord, usage) -> Decimal:
+    """The price book applied by hand to the client's usage (the rule of metering.pricing.cost_of_tokens).
+
+    Cached prompt tokens are billed at the cached-input price and the rest of the prompt at the input price;
+    input and output are each rounded to the money quantum. The CPU engine has a prefix cache, so whether
+    a prompt was cached depends on what earlier tests sent: this holds either way.
+    """
     price = record.price
-    return (record.input_tokens * price.input_per_mtok + record.output_tokens * price.output_per_mtok) / Decimal(
-        1_000_000
-    )
+    cached = cached_tokens(usage)
+    per_million = Decimal(1_000_000)
+
+    def money(amount: Decimal) -> Decimal:
+        return amount.quantize(settings.MONEY_QUANTUM, rounding=ROUND_HALF_UP)
+
+    cost_input = money(((usage.prompt_tokens - cached) * price.input_per_mtok
+                        + cached * price.cached_input_per_mtok) / per_million)
+    cost_output = money(usage.completion_tokens * price.output_per_mtok / per_million)
+    return cost_input + cost_output
 
 
-def test_chat_completion_usage_matches_ledger_and_cost_header_matches_price_book(openai_client, tenant):
-    raw = openai_client.chat.completions.with_raw_response.create(
-        model="tollgate-mini", messages=MESSAGES, max_tokens=12, temperature=0
-    )
+# "warm": the same request is sent once before, so the measured one's prompt comes from the prefix cache
+# whatever ran earlier in the session (and even when this case runs alone).
+cache = pytest.mark.parametrize("warm", [False, True], ids=["as-is", "prompt-cached"])
+
+
+@cache
+def test_chat_completion_usage_matches_ledger_and_cost_header_matches_price_book(openai_client, tenant, warm):
+    request = dict(model="tollgate-mini", messages=MESSAGES, max_tokens=12, temperature=0)
+    if warm:
+        openai_client.chat.completions.create(**request)
+    raw = openai_client.chat.completions.with_raw_response.create(**request)
     completion = raw.parse()
 
     assert completion.object == "chat.completion"
@@ -40,17 +67,21 @@ def test_chat_completion_usage_matches_ledger_and_cost_header_matches_price_book
     assert record.status == UsageRecord.Status.OK
     assert record.input_tokens == completion.usage.prompt_tokens
     assert record.output_tokens == completion.usage.completion_tokens
-    assert Decimal(raw.headers["x-tollgate-cost"]) == record.cost_total == expected_cost(record)
+    assert record.cached_input_tokens == cached_tokens(completion.usage)
+    if warm:
+        assert 0 < cached_tokens(completion.usage) < completion.usage.prompt_tokens
+    assert Decimal(raw.headers["x-tollgate-cost"]) == record.cost_total == expected_cost(record, completion.usage)
     assert record.cost_total > 0
     assert raw.headers["x-tollgate-model"] == "tollgate-mini"
     assert completion.id.endswith(raw.headers["x-request-id"])
 
 
-def test_streamed_completion_reports_usage_equal_to_the_ledger(openai_client, tenant):
-    stream = openai_client.chat.completions.create(
-        model="tollgate-small", messages=MESSAGES, max_tokens=16, stream=True,
-        stream_options={"include_usage": True},
-    )
+@cache
+def test_streamed_completion_reports_usage_equal_to_the_ledger(openai_client, tenant, warm):
+    request = dict(model="tollgate-small", messages=MESSAGES, max_tokens=16)
+    if warm:
+        openai_client.chat.completions.create(**request)
+    stream = openai_client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -66,7 +97,10 @@ def test_streamed_completion_reports_usage_equal_to_the_ledger(openai_client, te
     assert record.streamed
     assert record.status == UsageRecord.Status.OK
     assert (record.input_tokens, record.output_tokens) == (usage.prompt_tokens, usage.completion_tokens)
-    assert record.cost_total == expected_cost(record)
+    assert record.cached_input_tokens == cached_tokens(usage)
+    if warm:
+        assert 0 < cached_tokens(usage) < usage.prompt_tokens
+    assert record.cost_total == expected_cost(record, usage)
 
 
 def test_x_feature_header_attributes_usage_to_that_feature(live_gateway, tenant):

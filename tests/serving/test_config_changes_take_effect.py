@@ -1,4 +1,4 @@
-"""The gateway memoizes keys, prices and budgets per process (tollgate/memo.py); changes made here apply at once.
+"""The gateway memoizes keys, prices and budgets per process (core/memo.py); changes made here apply at once.
 
 Each test first serves a request, so the memo holds the old value, then
 changes it the way an admin or a service would, and checks the very next

@@ -50,7 +50,6 @@ from serving.engines.cpu.tokenizer import SEP_ID, ChatTokenizer
 
 logger = logging.getLogger(__name__)
 
-THREADS_ENV = "TOLLGATE_CPU_ENGINE_THREADS"
 DEFAULT_MODELS = ("tollgate-mini", "tollgate-small", "tollgate-large")
 
 _tokenizer: ChatTokenizer | None = None
@@ -124,7 +123,8 @@ class _Sequence:
         self.prompt_len = len(prompt_ids)
         self.max_tokens = min(sp.max_tokens, context_window - self.prompt_len)
         self.temperature = float(sp.temperature)
-        self.greedy = self.temperature < 1e-5  # (near-)zero temperature: argmax
+        # (Near-)zero temperature, or top_p 0 (a nucleus of only the most likely token): argmax.
+        self.greedy = self.temperature < 1e-5 or float(sp.top_p) <= 0.0
         self.top_p = float(sp.top_p)
         self.seed = sp.seed
         # One uniform draw per sampled token, from the request's own generator
@@ -184,6 +184,9 @@ class CpuEngine(Engine):
     ``busy_seconds``: total wall time of all forward steps.
     ``step_log``: the last ``step_log_size`` :class:`StepRecord`.
     ``stats()``: running / waiting counts per model and token counters.
+
+    It honours the core sampling parameters only (``supported_parameters``
+    stays empty): no penalties, logit bias, structured output or tools yet.
     """
 
     def __init__(
@@ -195,6 +198,7 @@ class CpuEngine(Engine):
         enable_prefix_caching: bool = True,
         prefix_cache_blocks: int = 1024,
         prefix_block_size: int = 16,
+        threads: int = 0,
     ):
         models = tuple(models)
         unknown = [m for m in models if m not in MODEL_CONFIGS]
@@ -202,9 +206,8 @@ class CpuEngine(Engine):
             raise ValueError(f"unknown model(s) {unknown}; known: {sorted(MODEL_CONFIGS)}")
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
-        threads = os.environ.get(THREADS_ENV)
         if threads:
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(threads)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_prefix_caching = enable_prefix_caching
@@ -240,8 +243,8 @@ class CpuEngine(Engine):
             raise ValueError("max_tokens must be at least 1")
         if sp.temperature < 0:
             raise ValueError("temperature must be >= 0")
-        if not 0.0 < sp.top_p <= 1.0:
-            raise ValueError("top_p must be in (0, 1]")
+        if not 0.0 <= sp.top_p <= 1.0:
+            raise ValueError("top_p must be in [0, 1]")
         if request.prompt is not None:
             prompt_ids = self.tokenizer.encode_prompt(request.prompt)
         else:

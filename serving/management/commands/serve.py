@@ -1,5 +1,3 @@
-import os
-
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -9,8 +7,8 @@ class Command(BaseCommand):
     help = "Serve Tollgate (gateway, dashboards, admin) on uvicorn."
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--host", default=settings.HOST)
+        parser.add_argument("--port", type=int, default=settings.PORT)
         parser.add_argument("--workers", type=int, default=1,
                             help="processes; must be 1 with an embedded (chdb://) ClickHouse")
 
@@ -20,4 +18,4 @@ class Command(BaseCommand):
             workers = 1
         self.stdout.write(f"Tollgate listening on http://{host}:{port}/  (dashboards: /dashboards/, admin: /admin/)")
         uvicorn.run("tollgate.asgi:application", host=host, port=port, workers=workers, lifespan="off",
-                    log_level=os.environ.get("UVICORN_LOG_LEVEL", "info"), access_log=settings.DEBUG)
+                    log_level=settings.UVICORN_LOG_LEVEL, access_log=settings.DEBUG)

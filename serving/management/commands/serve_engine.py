@@ -13,8 +13,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--engine", choices=["cpu", "vllm"], default="cpu")
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8100")))
+        parser.add_argument("--host", default=settings.HOST)
+        parser.add_argument("--port", type=int, default=settings.SERVE_ENGINE_PORT)
         parser.add_argument("--models", default="tollgate-mini,tollgate-small,tollgate-large",
                             help="cpu: comma-separated tollgate-* models to serve")
         parser.add_argument("--max-num-seqs", type=int, default=settings.TOLLGATE_CPU_MAX_NUM_SEQS)
@@ -54,7 +54,8 @@ class Command(BaseCommand):
         engine = CpuEngine(models=models, max_num_seqs=options["max_num_seqs"],
                            max_num_batched_tokens=options["max_num_batched_tokens"],
                            enable_prefix_caching=not options["no_prefix_caching"],
-                           prefix_cache_blocks=settings.TOLLGATE_CPU_PREFIX_CACHE_BLOCKS)
+                           prefix_cache_blocks=settings.TOLLGATE_CPU_PREFIX_CACHE_BLOCKS,
+                           threads=settings.TOLLGATE_CPU_ENGINE_THREADS)
         if options["preload"]:
             for m in models:
                 engine.load(m)
@@ -67,5 +68,5 @@ class Command(BaseCommand):
         app = build_worker_app(engine, embedder)
         self.stdout.write(f"CPU engine worker for {', '.join(models)} on http://{host}:{port}/v1", ending="\n")
         self.stdout.flush()
-        uvicorn.run(app, host=host, port=port, log_level=os.environ.get("UVICORN_LOG_LEVEL", "warning"),
+        uvicorn.run(app, host=host, port=port, log_level=settings.SERVE_ENGINE_LOG_LEVEL,
                     access_log=False, timeout_graceful_shutdown=2)

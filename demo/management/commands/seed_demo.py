@@ -6,7 +6,6 @@ Idempotent: a second run finds what the first made and only prints the logins ag
 from __future__ import annotations
 
 import json
-import os
 import random
 from datetime import timedelta
 from decimal import Decimal
@@ -51,7 +50,7 @@ class Command(BaseCommand):
             self._budgets()
         keys = self._keys(orgs)
         history = self._history(orgs)
-        port = os.environ.get("PORT", "8000")
+        port = settings.PORT
         self.stdout.write(self.style.SUCCESS("\nTollgate demo is ready."))
         if history:
             self.stdout.write(f"  Seeded {history} demo requests over the last {HISTORY_DAYS} days.")

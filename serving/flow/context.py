@@ -1,0 +1,128 @@
+"""The request context that passes through the flow's stages, and what it carries between them.
+
+Plain data: who the request is billed to (a ``TenantContext``), the parsed
+request (a wire type from ``serving.protocol``), and what each stage decided
+(the route, the reservation, the attempts). Nothing here is HTTP-shaped, so
+the same context can come from the /v1 edge, a Celery task or a test.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import uuid6
+from django.utils import timezone
+from opentelemetry import trace
+
+from budgets.services import CostEstimate, Reservation
+from budgets.settlement import SettledUsage
+from metering.models import UsageRecord
+from tenants.services import TenantContext
+
+from ..engines.base import ChatMessage, Engine, GenerationResult, GenerationStream
+from ..protocol import ChatCompletionRequest, EmbeddingRequest
+
+CHAT = "chat.completions"
+EMBEDDINGS = "embeddings"
+
+
+def new_request_id() -> str:
+    return uuid6.uuid7().hex
+
+
+@dataclass(frozen=True)
+class RouteOption:
+    """One way to serve the request: a priced catalog entry with its token counts, and the engine behind it."""
+
+    estimate: CostEstimate
+    engine: Any  # an Engine, or an embedding deployment for /v1/embeddings
+
+    @property
+    def model(self) -> str:
+        return self.estimate.entry.name
+
+
+@dataclass(frozen=True)
+class Route:
+    """The routing decision, made once, before the budget is touched.
+
+    ``alternatives`` are the cheaper options a downgrade budget may choose
+    instead (cheapest first), each already priced, so the budget decides
+    under its locks without calling back into serving.
+    """
+
+    primary: RouteOption
+    alternatives: tuple[RouteOption, ...] = ()
+
+    def option_for(self, model: str) -> RouteOption:
+        for option in (self.primary, *self.alternatives):
+            if option.model == model:
+                return option
+        raise LookupError(f"{model} is not on this route")
+
+
+@dataclass
+class Attempt:
+    """One try at answering: a usage row of its own when the request settles."""
+
+    option: RouteOption
+    kind: str = UsageRecord.AttemptKind.PRIMARY
+    started: float = field(default_factory=time.perf_counter)
+    stream: GenerationStream | None = None
+    result: GenerationResult | Any | None = None  # GenerationResult, or an EmbeddingResult
+    status: str = UsageRecord.Status.OK
+    error_code: str = ""
+    finished: float | None = None
+    pool: str = ""
+    replica: str = ""
+    queue_wait_s: float = 0.0
+    span: trace.Span | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+
+@dataclass
+class RequestContext:
+    """One request on its way through the flow."""
+
+    tenant: TenantContext
+    request: ChatCompletionRequest | EmbeddingRequest
+    endpoint: str = CHAT
+    request_id: str = field(default_factory=new_request_id)
+    received_at: datetime = field(default_factory=timezone.now)
+    # X-Quality: high, or the same wish from a batch line: never serve a cheaper model than asked for.
+    quality_high: bool = False
+    # The span the flow's spans hang under (the edge's server span); the flow opens one when there is none.
+    span: trace.Span | None = None
+    # The chat messages as the engines take them (converted once, by the route stage).
+    messages: tuple[ChatMessage, ...] = ()
+    route: Route | None = None
+    reservation: Reservation | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    # Set when a stage refused the request after it was known (budget): the code of its ledger row.
+    refusal_code: str = ""
+    settled: SettledUsage | None = None
+    settling: bool = False
+
+    @property
+    def served(self) -> RouteOption:
+        """The option the request is served on: the route's, or the one the budget downgraded it to."""
+        if self.reservation is not None and self.reservation.downgraded:
+            # The budget's estimate, which may also cap the output (downgrade_max_tokens).
+            estimate = self.reservation.estimate
+            return RouteOption(estimate, self.route.option_for(estimate.entry.name).engine)
+        return self.route.primary
+
+    @property
+    def trace_id(self) -> str:
+        span = self.span or trace.get_current_span()
+        return format(span.get_span_context().trace_id, "032x")
+
+    @property
+    def engine(self) -> Engine:
+        return self.served.engine

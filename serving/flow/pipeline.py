@@ -1,0 +1,250 @@
+"""Running a request context through its stages, then settling it exactly once.
+
+``serve_chat`` and ``serve_embeddings`` are the flow's entry points. The
+stages before the answer are a setting (``TOLLGATE_CHAT_STAGES``,
+``TOLLGATE_EMBEDDINGS_STAGES``: dotted module paths, in order, as Django
+lists its backends); the flow always ends with ``settle`` and ``respond``.
+Consecutive blocking stages share one trip to the thread pool, so routing
+and the budget hold cost one hop, as they did before stages existed.
+
+Whatever a stage raises, the request is settled before the error leaves
+the flow: the reservation is given back, a refusal or a failed attempt is
+recorded. A streamed answer settles when its stream ends, fails, or its
+client leaves (then what the engine produced is billed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import import_module
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from core.threads import on_thread_pool
+from metering.tracing import tenant_attributes, tracer
+
+from .. import errors
+from ..protocol import ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse, ErrorDetail, ErrorResponse
+from ..stages import generate, respond, settle
+from .context import CHAT, EMBEDDINGS, RequestContext
+
+
+@dataclass
+class ChatOutcome:
+    """A chat completion: the whole ``response``, or (``stream=True``) ``chunks`` to send as they come.
+
+    A caller that takes ``chunks`` must await ``close()`` when it is done with them, however it ends:
+    a stream whose client left before the first chunk was even asked for is settled there.
+    """
+
+    headers: dict[str, str]
+    response: ChatCompletionResponse | None = None
+    chunks: AsyncIterator[ChatCompletionChunk | ErrorResponse] | None = None
+    close: Callable[[], Awaitable[None]] = field(default=lambda: _nothing())
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class EmbeddingsOutcome:
+    headers: dict[str, str]
+    response: EmbeddingResponse
+
+
+# ----------------------------------------------------------------- stages
+
+
+@dataclass
+class _StageGroup:
+    """Stages run together: one coroutine, or consecutive blocking functions in one thread-pool trip."""
+
+    runs: list[Callable] = field(default_factory=list)
+    blocking: bool = False
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        if not self.blocking:
+            await self.runs[0](ctx)
+            return
+        await on_thread_pool(self._run_blocking)(ctx)
+
+    def _run_blocking(self, ctx: RequestContext) -> None:
+        for run in self.runs:
+            run(ctx)
+
+
+_loaded: dict[tuple[str, ...], tuple[_StageGroup, ...]] = {}
+
+
+def stage_groups(paths: list[str] | tuple[str, ...]) -> tuple[_StageGroup, ...]:
+    """The stage modules at ``paths`` (each with ``run(ctx)``), grouped for running."""
+    key = tuple(paths)
+    if key not in _loaded:
+        groups: list[_StageGroup] = []
+        for path in key:
+            run = import_module(path).run
+            blocking = not inspect.iscoroutinefunction(run)
+            if blocking and groups and groups[-1].blocking:
+                groups[-1].runs.append(run)
+            else:
+                groups.append(_StageGroup([run], blocking))
+        _loaded[key] = tuple(groups)
+    return _loaded[key]
+
+
+async def _run_stages(ctx: RequestContext, paths) -> None:
+    """The stages in order; on any error the request is settled (hold released, refusal recorded) first."""
+    try:
+        for group in stage_groups(paths):
+            await group(ctx)
+    except BaseException:
+        await asyncio.shield(settle.run(ctx))
+        raise
+
+
+def _own_span(ctx: RequestContext, name: str) -> trace.Span | None:
+    """A root span for a flow called without the edge (a task, a command); None when the edge made one."""
+    if ctx.span is not None:
+        return None
+    ctx.span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes={"tollgate.request_id": ctx.request_id})
+    ctx.span.set_attributes(tenant_attributes(
+        org_slug=ctx.tenant.org_slug, org_id=ctx.tenant.org_id, feature=ctx.tenant.feature_slug,
+        api_key_id=ctx.tenant.api_key_id, user_id=ctx.tenant.user_id))
+    return ctx.span
+
+
+def _end_own_span(span: trace.Span | None, exc: BaseException | None = None) -> None:
+    if span is None:
+        return
+    if isinstance(exc, errors.OpenAIError):
+        span.set_attribute("error.type", exc.code or exc.type)
+        if exc.status >= 500:
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+    elif exc is not None:
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+    span.end()
+
+
+# ----------------------------------------------------------------- chat
+
+
+async def serve_chat(ctx: RequestContext) -> ChatOutcome:
+    """Serve one chat completion. Raises ``errors.OpenAIError`` (already settled) when it cannot."""
+    ctx.endpoint = CHAT
+    own = _own_span(ctx, f"chat {ctx.request.model}")
+    try:
+        await _run_stages(ctx, settings.TOLLGATE_CHAT_STAGES)
+        attempt = ctx.attempts[-1]
+        if ctx.request.stream:
+            # The first delta before any byte is sent, so a failure before the first token is an HTTP error.
+            deltas = generate.deltas(attempt)
+            first = await _settled_if_it_fails(ctx, anext(deltas, None))
+            chunks = _stream(ctx, deltas, first, own)
+            return ChatOutcome(headers=respond.stream_headers(ctx), chunks=chunks,
+                               close=lambda: _close_stream(ctx, chunks, deltas, own))
+        text = await _settled_if_it_fails(ctx, generate.collect(attempt))
+        await settle.run(ctx)
+    except BaseException as exc:
+        _end_own_span(own, exc)
+        raise
+    _end_own_span(own)
+    return ChatOutcome(headers=respond.headers(ctx), response=respond.completion(ctx, text))
+
+
+async def _abandon(ctx: RequestContext, deltas=None) -> None:
+    # One task for every step: under the server's level-triggered cancellation every await of the
+    # caller is cancelled again, so stopping the engine and billing what it produced must not be split.
+    await generate.abandon(ctx.attempts[-1])
+    if deltas is not None:
+        await deltas.aclose()  # the engine-side iteration frees its replica slot now, not at garbage collection
+    await settle.run(ctx)
+
+
+async def _settled_if_it_fails(ctx: RequestContext, step):
+    """Await a step of the generation; if it fails, settle first (abandon, when the client left)."""
+    try:
+        return await step
+    except asyncio.CancelledError:
+        await asyncio.shield(_abandon(ctx))
+        raise
+    except BaseException:
+        await asyncio.shield(settle.run(ctx))
+        raise
+
+
+async def _stream(ctx: RequestContext, deltas, first, own) -> AsyncIterator[ChatCompletionChunk | ErrorResponse]:
+    chunks = respond.Chunks(ctx)
+    error: BaseException | None = None
+    try:
+        yield chunks.role()
+        try:
+            if first is not None:
+                if first.text:
+                    yield chunks.content(first)
+                async for delta in deltas:
+                    if delta.text:
+                        yield chunks.content(delta)
+        except errors.OpenAIError as exc:
+            # Headers are gone already; the error travels as an SSE event, as OpenAI does.
+            error = exc
+            await asyncio.shield(settle.run(ctx))
+            yield ErrorResponse(error=ErrorDetail(**exc.body()["error"]))
+            return
+        await asyncio.shield(settle.run(ctx))
+        yield chunks.finish()
+        final = chunks.usage()
+        if final is not None:
+            yield final
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if ctx.settled is None and not ctx.settling:
+            # The client left (this generator is being closed or cancelled): stop and bill, shielded.
+            await asyncio.shield(_abandon(ctx, deltas))
+        _end_own_span(own, error)
+
+
+async def _close_stream(ctx: RequestContext, chunks, deltas, own) -> None:
+    await chunks.aclose()  # runs _stream's own clean-up if it ever started
+    if ctx.settled is None and not ctx.settling:  # it never started: nothing was sent, what ran is billed
+        await asyncio.shield(_abandon(ctx, deltas))
+        _end_own_span(own)
+
+
+# ----------------------------------------------------------------- embeddings
+
+
+async def serve_embeddings(ctx: RequestContext) -> EmbeddingsOutcome:
+    """Serve one embeddings request. Raises ``errors.OpenAIError`` (already settled) when it cannot."""
+    ctx.endpoint = EMBEDDINGS
+    own = _own_span(ctx, f"embeddings {ctx.request.model}")
+    try:
+        await _run_stages(ctx, settings.TOLLGATE_EMBEDDINGS_STAGES)
+        await settle.run(ctx)
+    except BaseException as exc:
+        _end_own_span(own, exc)
+        raise
+    _end_own_span(own)
+    return EmbeddingsOutcome(headers=respond.headers(ctx), response=respond.embeddings(ctx))
+
+
+# ----------------------------------------------------------------- without an event loop
+
+
+def serve_chat_blocking(ctx: RequestContext) -> ChatCompletionResponse:
+    """``serve_chat`` for synchronous callers (Celery tasks, management commands); never streams."""
+    if ctx.request.stream:
+        raise errors.InvalidRequest("A blocking call cannot stream; send stream=false.", param="stream")
+    return async_to_sync(serve_chat)(ctx).response
+
+
+def serve_embeddings_blocking(ctx: RequestContext) -> EmbeddingResponse:
+    return async_to_sync(serve_embeddings)(ctx).response

@@ -1,0 +1,108 @@
+"""Respond: the OpenAI-shaped answer (wire types) and Tollgate's headers, from a settled context.
+
+Headers: ``X-Tollgate-Cost`` (everything billed for the request, every
+attempt), ``X-Tollgate-Model`` (the model that answered), ``X-Tollgate-Attempts``,
+``X-Tollgate-Budget-Remaining`` (the smallest room left in a covering
+budget) and ``X-Tollgate-Downgraded`` (``requested->served``) when a budget
+downgraded the request. A stream's headers leave before its cost is known,
+so they carry the model and the downgrade only.
+"""
+
+from __future__ import annotations
+
+from core.money import format_decimal
+
+from ..engines.base import GenerationResult, TextDelta
+from ..flow.context import RequestContext
+from ..protocol import (
+    AssistantMessage,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionResponse,
+    CompletionUsage,
+    DeltaMessage,
+    EmbeddingData,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    encode_embedding,
+)
+from .settle import response_id
+
+
+def stream_headers(ctx: RequestContext) -> dict[str, str]:
+    headers = {"X-Tollgate-Model": ctx.served.model}
+    if ctx.reservation is not None and ctx.reservation.downgraded:
+        headers["X-Tollgate-Downgraded"] = ctx.reservation.downgrade_header
+    return headers
+
+
+def headers(ctx: RequestContext) -> dict[str, str]:
+    out = stream_headers(ctx)
+    settled = ctx.settled
+    if settled is not None:
+        out["X-Tollgate-Cost"] = format_decimal(settled.cost)
+        out["X-Tollgate-Attempts"] = str(len(ctx.attempts))
+        if settled.budget_remaining is not None:
+            out["X-Tollgate-Budget-Remaining"] = format_decimal(settled.budget_remaining)
+    return out
+
+
+def created(ctx: RequestContext) -> int:
+    return int(ctx.received_at.timestamp())
+
+
+def usage(result: GenerationResult) -> CompletionUsage:
+    return CompletionUsage.of(result.prompt_tokens, result.completion_tokens, result.cached_prompt_tokens)
+
+
+def completion(ctx: RequestContext, text: str) -> ChatCompletionResponse:
+    result = ctx.attempts[-1].result
+    return ChatCompletionResponse(
+        id=response_id(ctx), created=created(ctx), model=ctx.served.model, usage=usage(result),
+        choices=[ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=result.finish_reason)],
+    )
+
+
+class Chunks:
+    """The chunks of one streamed answer, in OpenAI's order: role, content deltas, finish, optional usage."""
+
+    def __init__(self, ctx: RequestContext):
+        self.ctx = ctx
+        self.id = response_id(ctx)
+        self.created = created(ctx)
+        self.model = ctx.served.model
+        self.continuous = ctx.request.continuous_usage
+        self.prompt_tokens = ctx.served.estimate.prompt_tokens  # counted by the route stage on this model
+        self.produced = 0
+
+    def _chunk(self, choices, usage_now: CompletionUsage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices,
+                                   usage=usage_now)
+
+    def role(self) -> ChatCompletionChunk:
+        return self._chunk([ChatCompletionChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
+
+    def content(self, delta: TextDelta) -> ChatCompletionChunk:
+        self.produced += delta.token_count
+        running = CompletionUsage.of(self.prompt_tokens, self.produced) if self.continuous else None
+        return self._chunk([ChatCompletionChunkChoice(delta=DeltaMessage(content=delta.text))], running)
+
+    def finish(self) -> ChatCompletionChunk:
+        result = self.ctx.attempts[-1].result
+        return self._chunk([ChatCompletionChunkChoice(delta=DeltaMessage(), finish_reason=result.finish_reason)])
+
+    def usage(self) -> ChatCompletionChunk | None:
+        if not self.ctx.request.include_usage:
+            return None
+        return self._chunk([], usage(self.ctx.attempts[-1].result))
+
+
+def embeddings(ctx: RequestContext) -> EmbeddingResponse:
+    result = ctx.attempts[-1].result
+    encoding = ctx.request.encoding_format
+    return EmbeddingResponse(
+        data=[EmbeddingData(index=i, embedding=encode_embedding(v, encoding)) for i, v in enumerate(result.vectors)],
+        model=ctx.served.model,
+        usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+    )
