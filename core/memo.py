@@ -94,6 +94,10 @@ class Throttle:
     def __init__(self):
         self._next: dict[Hashable, float] = {}
 
+    def pending(self, key: Hashable) -> bool:
+        """Whether ``due(key, ...)`` would answer True now (without starting a new interval)."""
+        return self._next.get(key, 0.0) <= time.monotonic()
+
     def due(self, key: Hashable, interval_s: float) -> bool:
         now = time.monotonic()
         if self._next.get(key, 0.0) > now:

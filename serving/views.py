@@ -40,24 +40,29 @@ from .protocol import ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelL
 logger = logging.getLogger(__name__)
 
 
-def authenticate(authorization: str | None, feature: str | None) -> tenants.TenantContext:
+def authenticate(authorization: str | None, feature: str | None, blocking: bool = True) -> tenants.TenantContext:
     try:
-        return tenants.authenticate_api_key(authorization, feature)
+        return tenants.authenticate_api_key(authorization, feature, blocking=blocking)
     except tenants.AuthenticationFailed as exc:
         raise errors.InvalidApiKey(exc.reason)
     except tenants.UnknownFeature as exc:
         raise errors.InvalidRequest(str(exc), param="X-Feature", code="unknown_feature")
 
 
-def _authenticate_with_span(request_id: str, authorization: str | None, feature: str | None, parent: trace.Span):
+async def _authenticate_with_span(request_id: str, authorization: str | None, feature: str | None,
+                                  parent: trace.Span) -> tenants.TenantContext:
     with tracer.start_as_current_span("auth", context=trace.set_span_in_context(parent),
                                       attributes={"tollgate.request_id": request_id}) as span:
-        tenant = authenticate(authorization, feature)
+        try:
+            # A memoized key is checked right here; one that needs the database goes to the thread pool.
+            tenant = authenticate(authorization, feature, blocking=False)
+        except tenants.WouldBlock:
+            tenant = await _authenticate_on_thread_pool(authorization, feature)
         span.set_attributes(_tenant_attributes(tenant))
         return tenant
 
 
-aauthenticate = on_thread_pool(_authenticate_with_span)
+_authenticate_on_thread_pool = on_thread_pool(authenticate)
 
 
 def _tenant_attributes(tenant: tenants.TenantContext) -> dict:
@@ -112,8 +117,8 @@ async def _serve(request: Request, request_id: str, span: trace.Span, wire_type,
 
 async def _context(request: Request, request_id: str, span: trace.Span, wire_type) -> RequestContext:
     """Authenticate (401 before the body is even parsed), then parse the body into ``wire_type``."""
-    tenant = await aauthenticate(request_id, request.headers.get("authorization"),
-                                 request.headers.get("x-feature"), span)
+    tenant = await _authenticate_with_span(request_id, request.headers.get("authorization"),
+                                           request.headers.get("x-feature"), span)
     span.set_attributes(_tenant_attributes(tenant))
     body = parse_request(wire_type, await _read_body(request))
     return RequestContext(tenant=tenant, request=body, request_id=request_id, span=span,
