@@ -7,7 +7,25 @@ from __future__ import annotations
 
 import json
 
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The wire type of every /v1 error, in a response body or as a server-sent event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
 
 
 class OpenAIError(Exception):
@@ -24,8 +42,12 @@ class OpenAIError(Exception):
             self.code = code
         self.headers = headers or {}
 
+    def wire(self) -> ErrorResponse:
+        return ErrorResponse(error=ErrorDetail(message=self.message, type=self.type, param=self.param,
+                                               code=self.code))
+
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return self.wire().model_dump()
 
 
 class InvalidRequest(OpenAIError):

@@ -3,6 +3,7 @@
 The edge parses a body into a request type and hands that to the flow;
 the flow answers with response types; nothing past the edge touches raw
 JSON. The engine worker (engines/worker.py) speaks through the same types.
+The error type (``ErrorResponse``) lives with the exceptions in ``errors.py``.
 
 Request types forbid fields they do not know, as OpenAI does ("Unrecognized
 request argument supplied"): a parameter the gateway would not act on is
@@ -43,20 +44,6 @@ class ResponseModel(BaseModel):
 
 def _omit_none(value) -> bool:
     return value is None
-
-
-# ----------------------------------------------------------------- errors
-
-
-class ErrorDetail(ResponseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(ResponseModel):
-    error: ErrorDetail
 
 
 # ----------------------------------------------------------------- parsing

@@ -58,7 +58,9 @@ async def _authenticate_with_span(request_id: str, authorization: str | None, fe
             tenant = authenticate(authorization, feature, blocking=False)
         except tenants.WouldBlock:
             tenant = await _authenticate_on_thread_pool(authorization, feature)
-        span.set_attributes(_tenant_attributes(tenant))
+        attributes = _tenant_attributes(tenant)
+        span.set_attributes(attributes)
+        parent.set_attributes(attributes)
         return tenant
 
 
@@ -119,7 +121,6 @@ async def _context(request: Request, request_id: str, span: trace.Span, wire_typ
     """Authenticate (401 before the body is even parsed), then parse the body into ``wire_type``."""
     tenant = await _authenticate_with_span(request_id, request.headers.get("authorization"),
                                            request.headers.get("x-feature"), span)
-    span.set_attributes(_tenant_attributes(tenant))
     body = parse_request(wire_type, await _read_body(request))
     return RequestContext(tenant=tenant, request=body, request_id=request_id, span=span,
                           quality_high=request.headers.get("x-quality", "").strip().lower() == "high")

@@ -51,8 +51,6 @@ from ..protocol import (
     EmbeddingUsage,
     EmbeddingWorkerReport,
     EngineReport,
-    ErrorDetail,
-    ErrorResponse,
     ModelCard,
     ModelList,
     encode_embedding,
@@ -213,11 +211,11 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
         if unsupported:
             raise errors.InvalidRequest(f"This engine does not support the parameter '{unsupported[0]}'.",
                                         param=unsupported[0], code="unsupported_parameter")
-        max_tokens = body.max_tokens or DEFAULT_MAX_TOKENS
         if isinstance(body, ChatCompletionRequest):
             max_tokens = body.max_output_tokens or DEFAULT_MAX_TOKENS
             return GenerationRequest(request_id=uuid.uuid4().hex, model=body.model,
                                      messages=body.to_chat_messages(), sampling=body.to_sampling_params(max_tokens))
+        max_tokens = body.max_tokens or DEFAULT_MAX_TOKENS
         return GenerationRequest(request_id=uuid.uuid4().hex, model=body.model, messages=(),
                                  sampling=body.to_sampling_params(max_tokens), prompt=body.prompt_text)
 
@@ -291,8 +289,7 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
                                                                    result.completion_tokens),
                             report=engine_report(result))
         except EngineError as exc:
-            yield ErrorResponse(error=ErrorDetail(message=f"the engine failed: {exc}", type="server_error",
-                                                  code="engine_error"))
+            yield errors.EngineUnavailable(f"the engine failed: {exc}", code="engine_error").wire()
         finally:
             if stream.result is None:
                 await stream.cancel()  # the client left: stop generating now

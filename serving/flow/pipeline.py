@@ -30,7 +30,8 @@ from core.threads import on_thread_pool
 from metering.tracing import tenant_attributes, tracer
 
 from .. import errors
-from ..protocol import ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse, ErrorDetail, ErrorResponse
+from ..errors import ErrorResponse
+from ..protocol import ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse
 from ..stages import generate, respond, settle
 from .context import CHAT, EMBEDDINGS, RequestContext
 
@@ -195,7 +196,7 @@ async def _stream(ctx: RequestContext, deltas, first, own) -> AsyncIterator[Chat
             # Headers are gone already; the error travels as an SSE event, as OpenAI does.
             error = exc
             await asyncio.shield(settle.run(ctx))
-            yield ErrorResponse(error=ErrorDetail(**exc.body()["error"]))
+            yield exc.wire()
             return
         await asyncio.shield(settle.run(ctx))
         yield chunks.finish()

@@ -46,12 +46,14 @@ async def run(ctx: RequestContext) -> None:
         return
     with tracer.start_as_current_span("settle", context=trace.set_span_in_context(ctx.span)) as span:
         ctx.settled = await asettle_usage(ctx.reservation, drafts)
-        if drafts:
-            last = ctx.attempts[-1] if ctx.attempts else None
-            attrs = usage_attributes(drafts[-1], response_id=response_id(ctx), finish_reason=_finish_reason(last))
-            span.set_attributes(attrs)
-    for attempt, draft in zip(ctx.attempts, drafts):
-        attrs = usage_attributes(draft, response_id=response_id(ctx), finish_reason=_finish_reason(attempt))
+        # After the settlement: finalize_costs has filled in GPU cost, chargeback mode and savings.
+        per_attempt = [usage_attributes(draft, response_id=response_id(ctx), finish_reason=_finish_reason(attempt))
+                       for attempt, draft in zip(ctx.attempts, drafts)]
+        if per_attempt:
+            span.set_attributes(per_attempt[-1])
+        elif drafts:  # a refusal
+            span.set_attributes(usage_attributes(drafts[-1], response_id=response_id(ctx), finish_reason=None))
+    for attempt, draft, attrs in zip(ctx.attempts, drafts, per_attempt):
         attrs.update(timing_attributes(draft))
         if ctx.span is not None and attempt is ctx.attempts[-1]:
             ctx.span.set_attributes(attrs)

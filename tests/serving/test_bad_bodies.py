@@ -3,6 +3,7 @@ connection it came on stays open for the next request."""
 
 import http.client
 import json
+import socket
 
 import pytest
 
@@ -121,3 +122,30 @@ def test_bad_bodies_name_the_parameter(connection, tenant):
         status, _, payload = post(connection, "/v1/chat/completions", body, tenant.plaintext)
         assert_openai_400(status, payload)
         assert payload["error"]["param"] == param, payload
+
+
+ODD_HEADERS = {
+    "feature of 10,000 characters": {"X-Feature": "a" * 10_000},
+    "feature in latin-1": {"X-Feature": "caf\xe9"},
+    "feature with a NUL": {"X-Feature": "chat\x00"},
+    "key with a NUL": {"Authorization": "Bearer tg-abcdefgh-\x00secret"},
+    "key of high bytes": {"Authorization": "Bearer tg-" + "\xff" * 40},
+    "no bearer scheme": {"Authorization": "Basic dXNlcjpwYXNz"},
+    "quality of 10,000 characters": {"X-Quality": "h" * 10_000},
+}
+
+
+@pytest.mark.parametrize("headers", ODD_HEADERS.values(), ids=ODD_HEADERS.keys())
+def test_odd_headers_are_refused_without_a_5xx(live_gateway, tenant, headers):
+    sock = socket.create_connection(("127.0.0.1", live_gateway.port), timeout=30)
+    try:
+        lines = {"Host": "127.0.0.1", "Authorization": f"Bearer {tenant.plaintext}",
+                 "Content-Type": "application/json", "Content-Length": str(len(GOOD_CHAT)), **headers}
+        head = "POST /v1/chat/completions HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in lines.items())
+        sock.sendall(head.encode("latin-1") + b"\r\n" + GOOD_CHAT)
+        status_line = sock.makefile("rb").readline()
+    finally:
+        sock.close()
+    status = int(status_line.split()[1])
+    assert status < 500, status_line
+    assert UsageRecord.objects.filter(cost_total__gt=0).count() == (1 if status == 200 else 0)
