@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import zoneinfo
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.http import Http404
 from django.utils import timezone
@@ -52,6 +53,18 @@ class CsvRenderer(BaseRenderer):
         return buffer.getvalue().encode()
 
 
+# What the rollups' DateTime columns can hold (1970 to 2106): ClickHouse cannot even parse a time outside it.
+EARLIEST = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
+LATEST = datetime(2106, 1, 1, tzinfo=dt_timezone.utc)
+
+
+def _within_stored_range(value: datetime) -> datetime:
+    if not EARLIEST <= value <= LATEST:
+        raise serializers.ValidationError(
+            f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC), the range usage is stored for.")
+    return value
+
+
 class UsageQuery(serializers.Serializer):
     start = serializers.DateTimeField(required=False, help_text="Inclusive, ISO 8601 (default: 30 days ago).")
     end = serializers.DateTimeField(required=False, help_text="Exclusive, ISO 8601 (default: now).")
@@ -62,6 +75,12 @@ class UsageQuery(serializers.Serializer):
     key = serializers.IntegerField(required=False, min_value=1, help_text="API key id.")
     user = serializers.IntegerField(required=False, min_value=1, help_text="User id.")
     tz = serializers.CharField(required=False, default="UTC", help_text="Time zone for group_by=day.")
+
+    def validate_start(self, value: datetime) -> datetime:
+        return _within_stored_range(value)
+
+    def validate_end(self, value: datetime) -> datetime:
+        return _within_stored_range(value)
 
     def validate_tz(self, value: str) -> str:
         try:

@@ -29,6 +29,7 @@ COST = Counter("tollgate_cost_usd", "Billed cost in USD (monitoring only: the le
                ["org", "model"])
 CACHE_HITS = Counter("tollgate_cache_hits", "Requests answered from a cache.", ["org", "model"])
 ERRORS = Counter("tollgate_errors", "Attempts that failed or were refused.", ["org", "model", "error_code"])
+SPANS_DROPPED = Counter("tollgate_spans_dropped", "Spans that could not be written to ClickHouse, even alone.")
 
 _slugs: dict[int, str] = {}
 _slugs_lock = threading.Lock()

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .clickhouse import get_client
+from .metrics import SPANS_DROPPED
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +38,30 @@ _KIND = {
 _STATUS = {StatusCode.UNSET: "Unset", StatusCode.OK: "Ok", StatusCode.ERROR: "Error"}
 
 
+def _text(value: str) -> str:
+    """``value`` as text ClickHouse can store: a lone UTF-16 surrogate (valid in a Python str, not in
+    UTF-8) becomes U+FFFD, so one bad attribute cannot fail the insert of everybody's spans."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+
+
 def _attr_value(value) -> str:
     if isinstance(value, str):
-        return value
+        return _text(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return json.dumps(list(value))
+        return _text(json.dumps(list(value), ensure_ascii=False))
     return str(value)
 
 
 def _attrs(attributes) -> dict[str, str]:
-    return {k: _attr_value(v) for k, v in (attributes or {}).items()}
+    return {_text(k): _attr_value(v) for k, v in (attributes or {}).items()}
 
 
 def _ns_to_datetime(ns: int) -> datetime:
@@ -68,7 +81,7 @@ def span_to_row(span: ReadableSpan) -> list:
         format(ctx.span_id, "016x"),
         format(parent.span_id, "016x") if parent else "",
         ctx.trace_state.to_header() if ctx.trace_state else "",
-        span.name,
+        _text(span.name),
         _KIND.get(span.kind, "Unspecified"),
         resource_attrs.get("service.name", ""),
         resource_attrs,
@@ -77,9 +90,9 @@ def span_to_row(span: ReadableSpan) -> list:
         _attrs(span.attributes),
         max(0, (span.end_time or span.start_time) - span.start_time),
         _STATUS.get(span.status.status_code, "Unset"),
-        span.status.description or "",
+        _text(span.status.description or ""),
         [_ns_to_datetime(e.timestamp) for e in events],
-        [e.name for e in events],
+        [_text(e.name) for e in events],
         [_attrs(e.attributes) for e in events],
         [format(link.context.trace_id, "032x") for link in links],
         [format(link.context.span_id, "016x") for link in links],
@@ -96,12 +109,22 @@ class ClickHouseSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
+        client = get_client()
         try:
-            get_client().insert(self.table, [span_to_row(s) for s in spans], column_names=OTEL_COLUMNS)
+            client.insert(self.table, [span_to_row(s) for s in spans], column_names=OTEL_COLUMNS)
+            return SpanExportResult.SUCCESS
         except Exception:
-            logger.exception("exporting %d spans to ClickHouse failed", len(spans))
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+            logger.exception("exporting %d spans to ClickHouse failed; trying them one by one", len(spans))
+        # Whatever made the batch fail, only the spans that fail alone are dropped (and counted).
+        dropped = 0
+        for span in spans:
+            try:
+                client.insert(self.table, [span_to_row(span)], column_names=OTEL_COLUMNS)
+            except Exception:
+                dropped += 1
+                logger.exception("dropped span %s: it cannot be written to ClickHouse", span.name)
+        SPANS_DROPPED.inc(dropped)
+        return SpanExportResult.SUCCESS if dropped < len(spans) else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         self._shutdown = True

@@ -94,9 +94,14 @@ class NotFound(OpenAIError):
 
 
 class MethodNotAllowed(OpenAIError):
+    """Sent with the ``Allow`` header, as HTTP asks of every 405."""
+
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str):
+        super().__init__(message, headers={"Allow": allow} if allow else None)
 
 
 class BudgetExceeded(OpenAIError):

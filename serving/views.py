@@ -22,6 +22,7 @@ from django.conf import settings
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -129,7 +130,8 @@ async def _context(request: Request, request_id: str, span: trace.Span, wire_typ
 async def chat_completions(request: Request) -> Response:
     request_id = new_request_id()
     if request.method != "POST":
-        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/chat/completions."), request_id)
+        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/chat/completions.", allow="POST"),
+                                     request_id)
     span = _server_span("POST /v1/chat/completions", request, request_id)
     outcome, refused = await _serve(request, request_id, span, ChatCompletionRequest, serve_chat)
     if refused is not None:
@@ -175,7 +177,8 @@ class SettlingStreamingResponse(StreamingResponse):
 async def embeddings(request: Request) -> Response:
     request_id = new_request_id()
     if request.method != "POST":
-        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/embeddings."), request_id)
+        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/embeddings.", allow="POST"),
+                                     request_id)
     span = _server_span("POST /v1/embeddings", request, request_id, **{"gen_ai.operation.name": "embeddings"})
     outcome, refused = await _serve(request, request_id, span, EmbeddingRequest, serve_embeddings)
     if refused is not None:
@@ -197,7 +200,7 @@ async def models(request: Request) -> Response:
     model_id = request.path_params.get("model_id")
     try:
         if request.method != "GET":
-            raise errors.MethodNotAllowed("Use GET for /v1/models.")
+            raise errors.MethodNotAllowed("Use GET for /v1/models.", allow="GET")
         listed = await on_thread_pool(_list_models)(request.headers.get("authorization"))
         if model_id is None:
             return _json(ModelList(data=listed), request_id)
@@ -223,9 +226,23 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return errors.error_response(errors.OpenAIError("The gateway had an internal error; please retry."))
 
 
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own refusals in OpenAI's shape: a path no route matches (one with a newline in it, say)."""
+    if exc.status_code == 405:
+        error = errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.",
+                                        allow=(exc.headers or {}).get("Allow", ""))
+    elif exc.status_code == 404:
+        error = errors.NotFound(f"Unknown request URL: {request.method} {request.url.path}. Please check the URL.")
+    else:
+        error = errors.InvalidRequest(str(exc.detail))
+        error.status = exc.status_code
+    return errors.error_response(error, new_request_id())
 
-# The /v1 application. Every method reaches the endpoints, which answer a wrong one with OpenAI's 405.
+
+# Every method reaches the endpoints (TRACE and CONNECT too), which answer a wrong one with OpenAI's 405.
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT"]
+
+# The /v1 application.
 gateway = Starlette(
     routes=[
         Route("/v1/chat/completions", chat_completions, methods=ALL_METHODS),
@@ -234,5 +251,5 @@ gateway = Starlette(
         Route("/v1/models/{model_id:path}", models, methods=ALL_METHODS),
         Route("/v1/{path:path}", not_found, methods=ALL_METHODS),
     ],
-    exception_handlers={Exception: internal_error},
+    exception_handlers={HTTPException: http_error, Exception: internal_error},
 )
