@@ -104,6 +104,22 @@ class MethodNotAllowed(OpenAIError):
         super().__init__(message, headers={"Allow": allow} if allow else None)
 
 
+class IdempotencyKeyInUse(OpenAIError):
+    """The first request with this Idempotency-Key is still running."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(OpenAIError):
+    """This Idempotency-Key came with a different request before."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"
+
+
 class BudgetExceeded(OpenAIError):
     status = 429
     type = "insufficient_quota"

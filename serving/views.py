@@ -124,7 +124,8 @@ async def _context(request: Request, request_id: str, span: trace.Span, wire_typ
                                            request.headers.get("x-feature"), span)
     body = parse_request(wire_type, await _read_body(request))
     return RequestContext(tenant=tenant, request=body, request_id=request_id, span=span,
-                          quality_high=request.headers.get("x-quality", "").strip().lower() == "high")
+                          quality_high=request.headers.get("x-quality", "").strip().lower() == "high",
+                          idempotency_key=request.headers.get("idempotency-key"))
 
 
 async def chat_completions(request: Request) -> Response:

@@ -205,14 +205,20 @@ SERVE_ENGINE_LOG_LEVEL = env("UVICORN_LOG_LEVEL", "warning")
 TOLLGATE_MAX_REQUEST_BYTES = env_int("TOLLGATE_MAX_REQUEST_BYTES", 1_048_576)
 TOLLGATE_DEFAULT_MAX_TOKENS = env_int("TOLLGATE_DEFAULT_MAX_TOKENS", 64)
 TOLLGATE_MAX_TOKENS_LIMIT = env_int("TOLLGATE_MAX_TOKENS_LIMIT", 1024)
+# Idempotency-Key: how long a request's answer is kept for replay, and how long an unfinished first request
+# holds its key (a process that died mid-request gives it back then).
+TOLLGATE_IDEMPOTENCY_TTL_S = env_int("TOLLGATE_IDEMPOTENCY_TTL_S", 24 * 3600)
+TOLLGATE_IDEMPOTENCY_RUNNING_S = env_int("TOLLGATE_IDEMPOTENCY_RUNNING_S", 600)
 # The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
-# always ends by settling and responding. Stages to come (idempotency, token optimization, cache) go here.
+# always ends by settling and responding. Stages to come (token optimization, cache) go here.
 TOLLGATE_CHAT_STAGES = [
+    "serving.stages.idempotency",
     "serving.stages.route",
     "serving.stages.reserve_budget",
     "serving.stages.generate",
 ]
 TOLLGATE_EMBEDDINGS_STAGES = [
+    "serving.stages.idempotency",
     "serving.stages.route",
     "serving.stages.reserve_budget",
     "serving.stages.embed",

@@ -9,6 +9,7 @@ the same context can come from the /v1 edge, a Celery task or a test.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -108,6 +109,14 @@ class RequestContext:
     refusal_code: str = ""
     settled: SettledUsage | None = None
     settling: bool = False
+    # The caller's Idempotency-Key, if any (serving/stages/idempotency.py).
+    idempotency_key: str | None = None
+    # Set by a stage that already has the answer (an idempotent replay): the flow runs no further stage.
+    replay: Any = None
+    # Blocking callbacks once the request is answered (with the response body as sent and its headers),
+    # or once it failed; stages that keep something about the request (idempotency keys) add them.
+    on_answered: list[Callable[[str, dict[str, str]], None]] = field(default_factory=list)
+    on_failed: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def served(self) -> RouteOption:

@@ -7,6 +7,10 @@ lists its backends); the flow always ends with ``settle`` and ``respond``.
 Consecutive blocking stages share one trip to the thread pool, so routing
 and the budget hold cost one hop, as they did before stages existed.
 
+A stage that already has the answer (an idempotent replay) sets
+``ctx.replay`` and no further stage runs. ``ctx.on_answered`` and
+``ctx.on_failed`` run once the request is answered or has failed.
+
 Whatever a stage raises, the request is settled before the error leaves
 the flow: the reservation is given back, a refusal or a failed attempt is
 recorded. A streamed answer settles when its stream ends, fails, or its
@@ -32,7 +36,7 @@ from metering.tracing import tenant_attributes, tracer
 from .. import errors
 from ..errors import ErrorResponse
 from ..protocol import ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse
-from ..stages import generate, respond, settle
+from ..stages import generate, idempotency, respond, settle
 from .context import CHAT, EMBEDDINGS, RequestContext
 
 
@@ -101,13 +105,32 @@ def stage_groups(paths: list[str] | tuple[str, ...]) -> tuple[_StageGroup, ...]:
 
 
 async def _run_stages(ctx: RequestContext, paths) -> None:
-    """The stages in order; on any error the request is settled (hold released, refusal recorded) first."""
+    """The stages in order, until one has the answer (a replay); on any error the request is settled (hold
+    released, refusal recorded) first."""
     try:
         for group in stage_groups(paths):
             await group(ctx)
+            if ctx.replay is not None:
+                return
     except BaseException:
         await asyncio.shield(settle.run(ctx))
         raise
+
+
+async def _answered(ctx: RequestContext, response, headers: dict[str, str]) -> None:
+    if ctx.on_answered:
+        body = response.model_dump_json()
+        await on_thread_pool(_call_each)(ctx.on_answered, body, headers)
+
+
+async def _failed(ctx: RequestContext) -> None:
+    if ctx.on_failed:
+        await asyncio.shield(on_thread_pool(_call_each)(ctx.on_failed))
+
+
+def _call_each(callbacks, *args) -> None:
+    for callback in callbacks:
+        callback(*args)
 
 
 def _own_span(ctx: RequestContext, name: str) -> trace.Span | None:
@@ -141,21 +164,32 @@ async def serve_chat(ctx: RequestContext) -> ChatOutcome:
     ctx.endpoint = CHAT
     own = _own_span(ctx, f"chat {ctx.request.model}")
     try:
-        await _run_stages(ctx, settings.TOLLGATE_CHAT_STAGES)
-        attempt = ctx.attempts[-1]
-        if ctx.request.stream:
-            # The first delta before any byte is sent, so a failure before the first token is an HTTP error.
-            deltas = generate.deltas(attempt)
-            first = await _settled_if_it_fails(ctx, anext(deltas, None))
-            chunks = _stream(ctx, deltas, first, own)
-            return ChatOutcome(headers=respond.stream_headers(ctx), chunks=chunks,
-                               close=lambda: _close_stream(ctx, chunks, deltas, own))
-        text = await _settled_if_it_fails(ctx, generate.collect(attempt))
-        await settle.run(ctx)
+        outcome = await _serve_chat(ctx, own)
     except BaseException as exc:
+        await _failed(ctx)
         _end_own_span(own, exc)
         raise
-    _end_own_span(own)
+    if outcome.chunks is None:
+        _end_own_span(own)
+        await _answered(ctx, outcome.response, outcome.headers)
+    return outcome
+
+
+async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
+    await _run_stages(ctx, settings.TOLLGATE_CHAT_STAGES)
+    if ctx.replay is not None:
+        return ChatOutcome(headers=idempotency.replay_headers(ctx.replay),
+                           response=ChatCompletionResponse.model_validate_json(ctx.replay.body))
+    attempt = ctx.attempts[-1]
+    if ctx.request.stream:
+        # The first delta before any byte is sent, so a failure before the first token is an HTTP error.
+        deltas = generate.deltas(attempt)
+        first = await _settled_if_it_fails(ctx, anext(deltas, None))
+        chunks = _stream(ctx, deltas, first, own)
+        return ChatOutcome(headers=respond.stream_headers(ctx), chunks=chunks,
+                           close=lambda: _close_stream(ctx, chunks, deltas, own))
+    text = await _settled_if_it_fails(ctx, generate.collect(attempt))
+    await settle.run(ctx)
     return ChatOutcome(headers=respond.headers(ctx), response=respond.completion(ctx, text))
 
 
@@ -229,12 +263,19 @@ async def serve_embeddings(ctx: RequestContext) -> EmbeddingsOutcome:
     own = _own_span(ctx, f"embeddings {ctx.request.model}")
     try:
         await _run_stages(ctx, settings.TOLLGATE_EMBEDDINGS_STAGES)
-        await settle.run(ctx)
+        if ctx.replay is not None:
+            outcome = EmbeddingsOutcome(headers=idempotency.replay_headers(ctx.replay),
+                                        response=EmbeddingResponse.model_validate_json(ctx.replay.body))
+        else:
+            await settle.run(ctx)
+            outcome = EmbeddingsOutcome(headers=respond.headers(ctx), response=respond.embeddings(ctx))
     except BaseException as exc:
+        await _failed(ctx)
         _end_own_span(own, exc)
         raise
     _end_own_span(own)
-    return EmbeddingsOutcome(headers=respond.headers(ctx), response=respond.embeddings(ctx))
+    await _answered(ctx, outcome.response, outcome.headers)
+    return outcome
 
 
 # ----------------------------------------------------------------- without an event loop
