@@ -30,6 +30,12 @@ COST = Counter("tollgate_cost_usd", "Billed cost in USD (monitoring only: the le
 CACHE_HITS = Counter("tollgate_cache_hits", "Requests answered from a cache.", ["org", "model"])
 ERRORS = Counter("tollgate_errors", "Attempts that failed or were refused.", ["org", "model", "error_code"])
 SPANS_DROPPED = Counter("tollgate_spans_dropped", "Spans that could not be written to ClickHouse, even alone.")
+# Every error the gateway answers, also those that never become a ledger row (bad requests, 5xx).
+HTTP_ERRORS = Counter("tollgate_http_errors", "Error answers of the /v1 gateway.", ["endpoint", "status", "code"])
+
+
+def observe_http_error(endpoint: str, status: int, code: str) -> None:
+    HTTP_ERRORS.labels(endpoint, str(status), code).inc()
 
 _slugs: dict[int, str] = {}
 _slugs_lock = threading.Lock()
@@ -63,8 +69,12 @@ def observe_usage(record) -> None:
         ERRORS.labels(org, model, record.error_code or record.status).inc()
 
 
-def render_metrics() -> bytes:
-    """The exposition text: this process's (or all processes') counters plus the outbox depth."""
+def render_metrics(*, per_org: bool) -> bytes:
+    """The exposition text: this process's (or all processes') counters plus the outbox depth.
+
+    ``per_org=False`` leaves out every series with an ``org`` label: what each tenant spends is not for
+    whoever can reach /metrics (metering.views decides).
+    """
     if settings.PROMETHEUS_MULTIPROC_DIR:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -72,7 +82,19 @@ def render_metrics() -> bytes:
         from prometheus_client import REGISTRY as registry
     outbox = CollectorRegistry()
     outbox.register(_OutboxCollector(UsageRecord.objects.filter(shipped_at__isnull=True).count()))
-    return generate_latest(registry) + generate_latest(outbox)
+    return generate_latest(registry if per_org else _WithoutOrgSeries(registry)) + generate_latest(outbox)
+
+
+class _WithoutOrgSeries:
+    """A registry's metric families with their per-org samples left out."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def collect(self):
+        for family in self.registry.collect():
+            family.samples = [s for s in family.samples if "org" not in s.labels]
+            yield family
 
 
 class _OutboxCollector:

@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from core.threads import on_thread_pool
 from metering import pricing
+from metering.metrics import observe_http_error
 from metering.tracing import tenant_attributes, tracer
 from tenants import services as tenants
 
@@ -39,6 +40,16 @@ from .pools import served_model_names
 from .protocol import ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelList, parse_request
 
 logger = logging.getLogger(__name__)
+
+# The endpoint label of tollgate_http_errors_total: the routes, and "other" for anything else (bounded).
+_ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/embeddings": "embeddings", "/v1/models": "models"}
+
+
+def _error_response(error: errors.OpenAIError, request_id: str | None = None, *, path: str = "") -> Response:
+    """The error as OpenAI's body, counted on /metrics (refusals that never reach a ledger row included)."""
+    endpoint = _ENDPOINTS.get(path) or ("models" if path.startswith("/v1/models/") else "other")
+    observe_http_error(endpoint, error.status, error.code or error.type)
+    return errors.error_response(error, request_id)
 
 
 def authenticate(authorization: str | None, feature: str | None, blocking: bool = True) -> tenants.TenantContext:
@@ -110,7 +121,7 @@ async def _serve(request: Request, request_id: str, span: trace.Span, wire_type,
         if exc.status >= 500:
             span.set_status(Status(StatusCode.ERROR, exc.message))
         span.end()
-        return None, errors.error_response(exc, request_id)
+        return None, _error_response(exc, request_id, path=request.url.path)
     except BaseException as exc:
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -131,8 +142,8 @@ async def _context(request: Request, request_id: str, span: trace.Span, wire_typ
 async def chat_completions(request: Request) -> Response:
     request_id = new_request_id()
     if request.method != "POST":
-        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/chat/completions.", allow="POST"),
-                                     request_id)
+        return _error_response(errors.MethodNotAllowed("Use POST for /v1/chat/completions.", allow="POST"),
+                               request_id, path=request.url.path)
     span = _server_span("POST /v1/chat/completions", request, request_id)
     outcome, refused = await _serve(request, request_id, span, ChatCompletionRequest, serve_chat)
     if refused is not None:
@@ -178,8 +189,8 @@ class SettlingStreamingResponse(StreamingResponse):
 async def embeddings(request: Request) -> Response:
     request_id = new_request_id()
     if request.method != "POST":
-        return errors.error_response(errors.MethodNotAllowed("Use POST for /v1/embeddings.", allow="POST"),
-                                     request_id)
+        return _error_response(errors.MethodNotAllowed("Use POST for /v1/embeddings.", allow="POST"),
+                               request_id, path=request.url.path)
     span = _server_span("POST /v1/embeddings", request, request_id, **{"gen_ai.operation.name": "embeddings"})
     outcome, refused = await _serve(request, request_id, span, EmbeddingRequest, serve_embeddings)
     if refused is not None:
@@ -211,20 +222,21 @@ async def models(request: Request) -> Response:
                                        param="model")
         return _json(match[0], request_id)
     except errors.OpenAIError as exc:
-        return errors.error_response(exc, request_id)
+        return _error_response(exc, request_id, path=request.url.path)
 
 
 async def not_found(request: Request) -> Response:
-    return errors.error_response(
+    return _error_response(
         errors.NotFound(f"Unknown request URL: {request.method} {request.url.path}. Please check the URL."),
-        new_request_id(),
+        new_request_id(), path=request.url.path,
     )
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     """Anything unexpected still answers in OpenAI's shape (the traceback goes to the log)."""
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return errors.error_response(errors.OpenAIError("The gateway had an internal error; please retry."))
+    return _error_response(errors.OpenAIError("The gateway had an internal error; please retry.",
+                                              code="internal_error"), path=request.url.path)
 
 
 async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -237,7 +249,7 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
     else:
         error = errors.InvalidRequest(str(exc.detail))
         error.status = exc.status_code
-    return errors.error_response(error, new_request_id())
+    return _error_response(error, new_request_id(), path=request.url.path)
 
 
 # Every method reaches the endpoints (TRACE and CONNECT too), which answer a wrong one with OpenAI's 405.

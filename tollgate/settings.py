@@ -186,6 +186,9 @@ TOLLGATE_SHIP_BATCH_SIZE = env_int("TOLLGATE_SHIP_BATCH_SIZE", 5000)
 TOLLGATE_SHIP_LEASE_S = float(env("TOLLGATE_SHIP_LEASE_S", "60"))
 # If set, /metrics requires `Authorization: Bearer <token>`.
 TOLLGATE_METRICS_TOKEN = env("TOLLGATE_METRICS_TOKEN", "")
+# Without a token, per-org series (each tenant's requests, tokens and spend) are left out of /metrics
+# unless this is true (a scrape endpoint reachable only from a private network).
+TOLLGATE_METRICS_PER_ORG = env_bool("TOLLGATE_METRICS_PER_ORG", False)
 # Several web processes: an empty folder (wiped at deploy) where prometheus-client keeps per-process
 # counters that /metrics merges (metering/metrics.py). Unset: each process reports its own.
 PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", "")
