@@ -42,6 +42,18 @@ SECRET_KEY = env("SECRET_KEY", "insecure-dev-key-change-me-in-production-0123456
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
+# Production behind HTTPS (directly, or behind a TLS-terminating proxy that sets X-Forwarded-Proto):
+# secure-only session and CSRF cookies, HSTS, and Django's pages redirected to HTTPS. Off by default,
+# since the embedded default serves plain HTTP on 127.0.0.1. `manage.py check --deploy` passes with it on.
+TOLLGATE_HTTPS = env_bool("TOLLGATE_HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = TOLLGATE_HTTPS
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", TOLLGATE_HTTPS)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if TOLLGATE_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", TOLLGATE_HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", TOLLGATE_HTTPS)
+if env_bool("TOLLGATE_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
