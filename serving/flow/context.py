@@ -23,7 +23,7 @@ from budgets.settlement import SettledUsage
 from metering.models import UsageRecord
 from tenants.services import TenantContext
 
-from ..engines.base import ChatMessage, Engine, GenerationResult, GenerationStream
+from ..engines.base import ChatMessage, GenerationResult, GenerationStream
 from ..protocol import ChatCompletionRequest, EmbeddingRequest
 
 CHAT = "chat.completions"
@@ -39,7 +39,7 @@ class RouteOption:
     """One way to serve the request: a priced catalog entry with its token counts, and the engine behind it."""
 
     estimate: CostEstimate
-    engine: Any  # an Engine, or an embedding deployment for /v1/embeddings
+    engine: Any  # an engines.base.Engine, or an embedding deployment (pools.DeploymentRuntime) for /v1/embeddings
 
     @property
     def model(self) -> str:
@@ -131,7 +131,3 @@ class RequestContext:
     def trace_id(self) -> str:
         span = self.span or trace.get_current_span()
         return format(span.get_span_context().trace_id, "032x")
-
-    @property
-    def engine(self) -> Engine:
-        return self.served.engine

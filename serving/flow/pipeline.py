@@ -74,11 +74,14 @@ class _StageGroup:
     runs: list[Callable] = field(default_factory=list)
     blocking: bool = False
 
+    def __post_init__(self):
+        self._on_thread_pool = on_thread_pool(self._run_blocking)  # built once, not per request
+
     async def __call__(self, ctx: RequestContext) -> None:
         if not self.blocking:
             await self.runs[0](ctx)
             return
-        await on_thread_pool(self._run_blocking)(ctx)
+        await self._on_thread_pool(ctx)
 
     def _run_blocking(self, ctx: RequestContext) -> None:
         for run in self.runs:
