@@ -136,7 +136,8 @@ async def _context(request: Request, request_id: str, span: trace.Span, wire_typ
     body = parse_request(wire_type, await _read_body(request))
     return RequestContext(tenant=tenant, request=body, request_id=request_id, span=span,
                           quality_high=request.headers.get("x-quality", "").strip().lower() == "high",
-                          idempotency_key=request.headers.get("idempotency-key"))
+                          idempotency_key=request.headers.get("idempotency-key"),
+                          cache_control=request.headers.get("cache-control"))
 
 
 async def chat_completions(request: Request) -> Response:

@@ -111,6 +111,10 @@ class RequestContext:
     settling: bool = False
     # The caller's Idempotency-Key, if any (serving/stages/idempotency.py).
     idempotency_key: str | None = None
+    # The caller's Cache-Control request header, if any (the cache honours no-store, no-cache, max-age).
+    cache_control: str | None = None
+    # Headers stages add to the answer (rate-limit state, cache status, routing), whatever the answer is.
+    response_headers: dict[str, str] = field(default_factory=dict)
     # Set by a stage that already has the answer (an idempotent replay): the flow runs no further stage.
     replay: Any = None
     # Blocking callbacks once the request is answered (with the response body as sent and its headers),

@@ -181,7 +181,7 @@ async def serve_chat(ctx: RequestContext) -> ChatOutcome:
 async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
     await _run_stages(ctx, settings.TOLLGATE_CHAT_STAGES)
     if ctx.replay is not None:
-        return ChatOutcome(headers=idempotency.replay_headers(ctx.replay),
+        return ChatOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
                            response=ChatCompletionResponse.model_validate_json(ctx.replay.body))
     attempt = ctx.attempts[-1]
     if ctx.request.stream:
@@ -267,7 +267,7 @@ async def serve_embeddings(ctx: RequestContext) -> EmbeddingsOutcome:
     try:
         await _run_stages(ctx, settings.TOLLGATE_EMBEDDINGS_STAGES)
         if ctx.replay is not None:
-            outcome = EmbeddingsOutcome(headers=idempotency.replay_headers(ctx.replay),
+            outcome = EmbeddingsOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
                                         response=EmbeddingResponse.model_validate_json(ctx.replay.body))
         else:
             await settle.run(ctx)

@@ -31,7 +31,7 @@ from .settle import response_id
 
 
 def stream_headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {"X-Tollgate-Model": ctx.served.model}
+    headers = {**ctx.response_headers, "X-Tollgate-Model": ctx.served.model}
     if ctx.reservation is not None and ctx.reservation.downgraded:
         headers["X-Tollgate-Downgraded"] = ctx.reservation.downgrade_header
     return headers
