@@ -148,6 +148,14 @@ class EngineUnavailable(OpenAIError):
     code = "engine_unavailable"
 
 
+class GenerationTimeout(OpenAIError):
+    """The generation ran past its deadline and the caller did not take a partial answer."""
+
+    status = 504
+    type = "timeout"
+    code = "generation_timeout"
+
+
 def error_response(error: OpenAIError, request_id: str | None = None) -> Response:
     headers = dict(error.headers)
     if request_id:

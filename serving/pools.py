@@ -12,6 +12,11 @@
 * Health: a failed connection takes a replica out at once; a background
   thread probes every remote replica's ``/health`` (and scrapes ``/metrics``)
   and puts it back when it answers.
+* Breakers and retries (``serving.resilience``): each replica has a circuit
+  breaker fed by the outcome of every try on it, and each pool a retry
+  budget. A generation's try is one replica's stream
+  (``PooledGenerationStream``); the generate stage decides whether a failed
+  try is retried, as a new attempt. Embeddings retry inside ``embed``.
 
 The state here (in-flight counts, queues) is per web process; with several
 web processes each admits up to its own limit (documented in
@@ -21,6 +26,8 @@ docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import math
 import threading
@@ -36,6 +43,7 @@ from .engines.base import (
     ChatMessage,
     Engine,
     EngineError,
+    EngineRejected,
     EngineUnavailable,
     GenerationRequest,
     GenerationResult,
@@ -45,6 +53,7 @@ from .engines.base import (
 from .engines.registry import in_process_engine
 from .engines.remote import RemoteEmbedder, RemoteEngine
 from .models import Deployment
+from .resilience import BREAKER_OPENED, BREAKER_STATE, OPEN, STATE_VALUE, CircuitBreaker, RetryBudget, backoff_s
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +90,9 @@ class PoolRuntime:
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
         self._lock = threading.Lock()
         self._service_s = 1.0  # moving average of how long an admitted request holds its slot
+        self.retry_budget = RetryBudget(ratio=settings.TOLLGATE_RETRY_BUDGET_RATIO,
+                                        minimum=settings.TOLLGATE_RETRY_BUDGET_MIN,
+                                        window_s=settings.TOLLGATE_RETRY_BUDGET_WINDOW_S)
 
     @property
     def waiting(self) -> int:
@@ -140,6 +152,12 @@ class PoolRuntime:
             future.set_result(None)
 
 
+def new_breaker() -> CircuitBreaker:
+    return CircuitBreaker(failures=settings.TOLLGATE_BREAKER_FAILURES, error_rate=settings.TOLLGATE_BREAKER_ERROR_RATE,
+                          window=settings.TOLLGATE_BREAKER_WINDOW, min_calls=settings.TOLLGATE_BREAKER_MIN_CALLS,
+                          open_s=settings.TOLLGATE_BREAKER_OPEN_S)
+
+
 class ReplicaRuntime:
     def __init__(self, label: str, engine, url: str = ""):
         self.label = label
@@ -149,10 +167,30 @@ class ReplicaRuntime:
         self.healthy = True
         self.down_since: float | None = None
         self.metrics: dict[str, float] = {}
+        self.breaker = new_breaker()
+        self.pool_name = ""  # set by the deployment that holds it
+
+    def publish_state(self) -> None:
+        BREAKER_STATE.labels(self.pool_name, self.label).set(STATE_VALUE[self.breaker.state])
+
+    def record_success(self) -> None:
+        self.breaker.record_success()
+        self.publish_state()
 
     @property
     def load(self) -> float:
         return self.outstanding + self.metrics.get("waiting", 0.0)
+
+    def record_failure(self, exc: EngineError) -> None:
+        """A request failed on this replica: its breaker counts it; an unreachable replica is taken out."""
+        if isinstance(exc, EngineUnavailable) and exc.unreachable:
+            self.mark_down(str(exc))
+        was = self.breaker.state
+        self.breaker.record_failure()
+        if was != OPEN and self.breaker.state == OPEN:
+            BREAKER_OPENED.labels(self.pool_name, self.label).inc()
+            logger.warning("replica %s: circuit open for %.0f s after %s", self.label, self.breaker.open_s, exc)
+        self.publish_state()
 
     def mark_down(self, reason: str) -> None:
         if self.healthy:
@@ -175,9 +213,13 @@ def prefix_key(messages: tuple[ChatMessage, ...], prompt: str | None = None) -> 
 
 
 def choose_replica(replicas: list[ReplicaRuntime], key: str, exclude: set[str] = frozenset()) -> ReplicaRuntime | None:
-    """Least outstanding work, preferring the prefix's rendezvous replica unless it is clearly busier."""
-    candidates = [r for r in replicas if r.label not in exclude]
-    healthy = [r for r in candidates if r.healthy] or candidates  # all down: try them anyway
+    """Least outstanding work, preferring the prefix's rendezvous replica unless it is clearly busier.
+
+    A replica whose circuit is open is never chosen; among the others, health-checked ones come first
+    (all marked down: try them anyway, a health mark can be stale).
+    """
+    candidates = [r for r in replicas if r.label not in exclude and r.breaker.allows()]
+    healthy = [r for r in candidates if r.healthy] or candidates
     if not healthy:
         return None
     least = min(healthy, key=lambda r: r.load)
@@ -196,6 +238,9 @@ class DeploymentRuntime(Engine):
         self.model = model
         self.pool = pool
         self.replicas = replicas
+        for replica in replicas:
+            replica.pool_name = pool.name
+            replica.publish_state()
 
     def model_names(self) -> list[str]:
         return [self.model]
@@ -214,8 +259,9 @@ class DeploymentRuntime(Engine):
         """What every replica honours: a request may land on any of them."""
         return frozenset.intersection(*(frozenset(r.engine.supported_parameters) for r in self.replicas))
 
-    def stream(self, request: GenerationRequest) -> "PooledGenerationStream":
-        return PooledGenerationStream(self, request)
+    def stream(self, request: GenerationRequest, exclude: frozenset[str] = frozenset()) -> "PooledGenerationStream":
+        """One try on one replica (not one in ``exclude`` while another can take it)."""
+        return PooledGenerationStream(self, request, exclude)
 
     async def embed(self, texts: list[str]) -> "PooledEmbedding":
         """Embed ``texts`` behind the pool's admission queue, on a healthy replica, failing over a dead one.
@@ -225,20 +271,28 @@ class DeploymentRuntime(Engine):
         """
         queue_wait_s = await self.pool.admit_request()
         admitted = time.perf_counter()
+        self.pool.retry_budget.record_request()
         tried: set[str] = set()
         replica: ReplicaRuntime | None = None
         try:
-            while True:
-                replica = choose_replica(self.replicas, "", tried)
-                if replica is None:
-                    raise EngineUnavailable(f"no replica of {self.model} can take the request")
+            for tries in itertools.count(1):
+                replica = claim_replica(self, "", tried)
                 replica.outstanding += 1
                 try:
                     result = await replica.engine.embed(texts)
+                    replica.record_success()
                     return PooledEmbedding(result=result, replica=replica.label, queue_wait_s=queue_wait_s)
                 except EngineUnavailable as exc:
                     replica.mark_down(str(exc))
+                    replica.record_failure(exc)
                     tried.add(replica.label)
+                    if not (exc.retry_safe and tries < settings.TOLLGATE_RETRY_MAX_ATTEMPTS
+                            and self.pool.retry_budget.try_spend()):
+                        raise
+                    await asyncio.sleep(retry_backoff_s(tries))
+                except EngineError as exc:
+                    replica.record_failure(exc)
+                    raise
                 finally:
                     replica.outstanding -= 1
         except EngineError as exc:
@@ -255,29 +309,63 @@ class PooledEmbedding:
     queue_wait_s: float
 
 
-class PooledGenerationStream(GenerationStream):
-    """Admission, replica choice and fail-over around one replica's stream.
+def claim_replica(deployment: "DeploymentRuntime", key: str, tried: set[str] = frozenset()) -> ReplicaRuntime:
+    """The replica a try goes to, with its breaker's permission claimed (the half-open probe, if it is one).
 
-    ``admit()`` must be awaited before iterating (it may raise PoolQueueFull).
-    A replica that fails before sending a token is taken out and the request
-    goes to another one; after the first token a failure is the caller's.
+    A replica not tried yet comes first; when every allowed one was tried, a retry may go back to one
+    (an overloaded single replica, after backoff). Raises EngineUnavailable, not retry-safe, when every
+    replica's circuit is open: failing fast is the point of a breaker.
+    """
+    refused: set[str] = set()
+    while True:
+        replica = (choose_replica(deployment.replicas, key, tried | refused)
+                   or choose_replica(deployment.replicas, key, refused))
+        if replica is None:
+            raise EngineUnavailable(f"no replica of {deployment.model} can take the request (circuits open)",
+                                    retry_safe=False)
+        if replica.breaker.begin():
+            return replica
+        refused.add(replica.label)  # its probe was claimed by another request meanwhile
+
+
+def retry_backoff_s(retry: int) -> float:
+    return backoff_s(retry, base_s=settings.TOLLGATE_RETRY_BACKOFF_BASE_MS / 1000.0,
+                     cap_s=settings.TOLLGATE_RETRY_BACKOFF_MAX_MS / 1000.0)
+
+
+class PooledGenerationStream(GenerationStream):
+    """One try of a generation: the pool's admission, one replica's stream, that replica's breaker.
+
+    ``admit()`` must be awaited before iterating (it may raise PoolQueueFull). The replica is chosen when
+    the stream starts, skipping open circuits and, while another can take it, the replicas in
+    ``exclude`` (those an earlier try of the same request failed on). A failure is reported to the
+    replica's breaker and raised: whether to try again is the generate stage's decision (an attempt).
     """
 
-    def __init__(self, deployment: DeploymentRuntime, request: GenerationRequest):
+    def __init__(self, deployment: DeploymentRuntime, request: GenerationRequest, exclude: frozenset[str] = frozenset()):
         self.deployment = deployment
         self.request = request
+        self.exclude = set(exclude)
         self.result: GenerationResult | None = None
         self.replica: ReplicaRuntime | None = None
         self.inner: GenerationStream | None = None
         self.queue_wait_s = 0.0
         self._admitted_at: float | None = None
         self._released = False
+        self._judged = False
+
+    @property
+    def pool(self) -> "PoolRuntime":
+        return self.deployment.pool
 
     async def admit(self) -> None:
         self.queue_wait_s = await self.deployment.pool.admit_request()
         self._admitted_at = time.perf_counter()
 
     def _release(self) -> None:
+        if self.replica is not None and not self._judged:
+            self._judged = True
+            self.replica.breaker.release()  # ended without a verdict (cancelled): the probe is free again
         if self._admitted_at is not None and not self._released:
             self._released = True
             self.deployment.pool.release(time.perf_counter() - self._admitted_at)
@@ -297,35 +385,33 @@ class PooledGenerationStream(GenerationStream):
     async def _iterate(self) -> AsyncIterator[TextDelta]:
         if self._admitted_at is None:
             await self.admit()
-        key = prefix_key(self.request.messages, self.request.prompt)
-        tried: set[str] = set()
         try:
-            while True:
-                replica = choose_replica(self.deployment.replicas, key, tried)
-                if replica is None:
-                    raise EngineUnavailable(f"no replica of {self.deployment.model} can take the request")
-                self.replica = replica
-                self.inner = inner = replica.engine.stream(self.request)
-                replica.outstanding += 1
-                sent = False
-                try:
-                    async for delta in inner:
-                        sent = True
-                        yield delta
-                except EngineUnavailable as exc:
-                    if sent:
-                        raise
-                    replica.mark_down(str(exc))
-                    tried.add(replica.label)
-                    continue
-                finally:
-                    replica.outstanding -= 1
-                self.result = self._annotate(inner.result)
-                return
+            self.replica = replica = claim_replica(self.deployment, prefix_key(self.request.messages,
+                                                                                self.request.prompt), self.exclude)
+            self.inner = inner = replica.engine.stream(self.request)
+            replica.outstanding += 1
+            try:
+                async for delta in inner:
+                    yield delta
+            except EngineRejected:
+                self._judge(replica.record_success)  # the replica answered; the request was wrong
+                raise
+            except EngineError as exc:
+                self._judge(functools.partial(replica.record_failure, exc))
+                raise
+            finally:
+                replica.outstanding -= 1
+            self._judge(replica.record_success)
+            self.result = self._annotate(inner.result)
         finally:
             if self.result is None and self.inner is not None and self.inner.result is not None:
                 self.result = self._annotate(self.inner.result)
             self._release()
+
+    def _judge(self, verdict) -> None:
+        if not self._judged:
+            self._judged = True
+            verdict()
 
     async def cancel(self) -> None:
         if self.inner is not None:
@@ -338,12 +424,17 @@ class PooledGenerationStream(GenerationStream):
                                            extra={"pool": self.deployment.pool.name})
 
 
-async def open_generation(engine: Engine, request: GenerationRequest) -> GenerationStream:
-    """Start a generation; pooled engines admit it first (PoolQueueFull when the pool's queue is full)."""
-    stream = engine.stream(request)
-    if isinstance(stream, PooledGenerationStream):
+async def open_generation(engine: Engine, request: GenerationRequest,
+                          exclude: frozenset[str] = frozenset()) -> GenerationStream:
+    """Start one try of a generation; pooled engines admit it first (PoolQueueFull when the queue is full).
+
+    ``exclude``: replicas an earlier try of this request failed on (avoided while another can take it).
+    """
+    if isinstance(engine, DeploymentRuntime):
+        stream = engine.stream(request, exclude)
         await stream.admit()
-    return stream
+        return stream
+    return engine.stream(request)
 
 
 # ------------------------------------------------------------------ configuration
@@ -492,6 +583,7 @@ async def probe_replicas(topology: PoolTopology | None = None) -> None:
                 replica.metrics = {}
         else:
             replica.mark_down("health check failed")
+        replica.publish_state()  # an open circuit turns half-open with time, not with a request
 
     await asyncio.gather(*(probe(r) for r in replicas), return_exceptions=True)
 

@@ -134,10 +134,39 @@ async def _context(request: Request, request_id: str, span: trace.Span, wire_typ
     tenant = await _authenticate_with_span(request_id, request.headers.get("authorization"),
                                            request.headers.get("x-feature"), span)
     body = parse_request(wire_type, await _read_body(request))
-    return RequestContext(tenant=tenant, request=body, request_id=request_id, span=span,
-                          quality_high=request.headers.get("x-quality", "").strip().lower() == "high",
-                          idempotency_key=request.headers.get("idempotency-key"),
-                          cache_control=request.headers.get("cache-control"))
+    ctx = RequestContext(tenant=tenant, request=body, request_id=request_id, span=span,
+                         quality_high=request.headers.get("x-quality", "").strip().lower() == "high",
+                         idempotency_key=request.headers.get("idempotency-key"),
+                         cache_control=request.headers.get("cache-control"))
+    timeout = request.headers.get("x-tollgate-timeout")
+    if timeout is not None:
+        ctx.timeout_s = generation_timeout_s(timeout)
+    partial = request.headers.get("x-tollgate-partial")
+    if partial is not None:
+        ctx.partial_allowed = partial_allowed(partial)
+    return ctx
+
+
+def generation_timeout_s(value: str) -> float:
+    """X-Tollgate-Timeout: seconds the generation may run, up to TOLLGATE_GENERATION_TIMEOUT_S."""
+    limit = settings.TOLLGATE_GENERATION_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= limit:  # (NaN fails this too)
+        raise errors.InvalidRequest(f"X-Tollgate-Timeout must be a number of seconds above 0 and at most "
+                                    f"{limit:g}.", param="X-Tollgate-Timeout", code="invalid_header")
+    return seconds
+
+
+def partial_allowed(value: str) -> bool:
+    """X-Tollgate-Partial: ``allow`` takes what was generated when the deadline passes; ``deny`` a 504."""
+    value = value.strip().lower()
+    if value not in ("allow", "deny"):
+        raise errors.InvalidRequest("X-Tollgate-Partial must be `allow` or `deny`.", param="X-Tollgate-Partial",
+                                    code="invalid_header")
+    return value == "allow"
 
 
 async def chat_completions(request: Request) -> Response:

@@ -261,6 +261,25 @@ TOLLGATE_PREFIX_AFFINITY_SLACK = env_int("TOLLGATE_PREFIX_AFFINITY_SLACK", 4)
 TOLLGATE_HEALTH_CHECK_INTERVAL_S = float(env("TOLLGATE_HEALTH_CHECK_INTERVAL_S", "2"))
 TOLLGATE_ENGINE_CONNECT_TIMEOUT_S = float(env("TOLLGATE_ENGINE_CONNECT_TIMEOUT_S", "2"))
 TOLLGATE_ENGINE_READ_TIMEOUT_S = float(env("TOLLGATE_ENGINE_READ_TIMEOUT_S", "120"))
+# Retries (serving/resilience.py): only failures before the first token that cost nothing (refused or
+# reset connections, a worker's 429/502/503/504); at most this many tries per request, with full-jitter
+# exponential backoff, and at most RATIO x requests (+ MIN) retries per pool over the window.
+TOLLGATE_RETRY_MAX_ATTEMPTS = env_int("TOLLGATE_RETRY_MAX_ATTEMPTS", 3)
+TOLLGATE_RETRY_BACKOFF_BASE_MS = float(env("TOLLGATE_RETRY_BACKOFF_BASE_MS", "25"))
+TOLLGATE_RETRY_BACKOFF_MAX_MS = float(env("TOLLGATE_RETRY_BACKOFF_MAX_MS", "1000"))
+TOLLGATE_RETRY_BUDGET_RATIO = float(env("TOLLGATE_RETRY_BUDGET_RATIO", "0.2"))
+TOLLGATE_RETRY_BUDGET_MIN = env_int("TOLLGATE_RETRY_BUDGET_MIN", 10)
+TOLLGATE_RETRY_BUDGET_WINDOW_S = float(env("TOLLGATE_RETRY_BUDGET_WINDOW_S", "10"))
+# Circuit breaker per replica: open after FAILURES consecutive failures, or when ERROR_RATE of the last
+# WINDOW tries failed (once MIN_CALLS are in); half-open after OPEN_S, when one probe request goes through.
+TOLLGATE_BREAKER_FAILURES = env_int("TOLLGATE_BREAKER_FAILURES", 5)
+TOLLGATE_BREAKER_ERROR_RATE = float(env("TOLLGATE_BREAKER_ERROR_RATE", "0.5"))
+TOLLGATE_BREAKER_WINDOW = env_int("TOLLGATE_BREAKER_WINDOW", 20)
+TOLLGATE_BREAKER_MIN_CALLS = env_int("TOLLGATE_BREAKER_MIN_CALLS", 10)
+TOLLGATE_BREAKER_OPEN_S = float(env("TOLLGATE_BREAKER_OPEN_S", "10"))
+# The longest a generation may run (seconds) and what a caller may ask for with X-Tollgate-Timeout.
+# Past it the engine is stopped; with X-Tollgate-Partial: allow the caller gets what was generated.
+TOLLGATE_GENERATION_TIMEOUT_S = float(env("TOLLGATE_GENERATION_TIMEOUT_S", "600"))
 # Embeddings: all-MiniLM-L6-v2 in this process unless a deployment puts it on a worker.
 TOLLGATE_EMBEDDINGS_IN_PROCESS = env_bool("TOLLGATE_EMBEDDINGS_IN_PROCESS", True)
 TOLLGATE_EMBEDDING_MAX_BATCH = env_int("TOLLGATE_EMBEDDING_MAX_BATCH", 64)

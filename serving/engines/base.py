@@ -16,9 +16,23 @@ from dataclasses import dataclass, field
 class EngineError(Exception):
     """The engine could not serve the request (down, overloaded, crashed)."""
 
+    # Whether another try may succeed without paying twice: the failure was the replica's, and nothing
+    # was generated for this request yet (connection refused or reset, the worker overloaded).
+    retry_safe = False
+
 
 class EngineUnavailable(EngineError):
-    """No replica can take the request right now; safe to retry elsewhere."""
+    """No replica can take the request right now.
+
+    Safe to retry elsewhere unless ``retry_safe=False`` says otherwise (a timed-out generation may still
+    be running on its worker; a retry would pay for it twice).
+    """
+
+    def __init__(self, message: str = "", *, retry_safe: bool = True, unreachable: bool = False):
+        super().__init__(message)
+        self.retry_safe = retry_safe
+        # The replica could not be reached at all: it is taken out until a health check finds it again.
+        self.unreachable = unreachable
 
 
 class PromptTooLong(Exception):

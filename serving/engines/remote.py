@@ -51,6 +51,7 @@ _sessions_lock = threading.Lock()
 _READ_BUFSIZE = 1 << 20
 HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 HEALTH_READ_TIMEOUT_S = 30.0
+RETRY_SAFE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 def http_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
@@ -114,8 +115,11 @@ def worker_error(base_url: str, status: int, body: bytes) -> EngineError:
             return EngineRejected(f"The engine refused the request: {error['message']}", param=error.get("param"))
         except (ValueError, KeyError, TypeError):
             return EngineRejected(f"The engine refused the request: {detail}")
-    if status >= 500:
-        return EngineUnavailable(f"worker {base_url} answered {status}: {detail}")
+    if status >= 500 or status == 429:
+        # Overloaded or restarting (429, 502, 503, 504) is the worker saying "not now": nothing ran, so
+        # another try may succeed. A 500 is a failure of the request itself there and is not retried.
+        return EngineUnavailable(f"worker {base_url} answered {status}: {detail}",
+                                 retry_safe=status in RETRY_SAFE_STATUSES)
     return EngineError(f"worker {base_url} answered {status}: {detail}")
 
 
@@ -227,10 +231,16 @@ class RemoteGenerationStream(GenerationStream):
         session = self.engine.client()
         try:
             self._response = response = await session.post(self.engine.base_url + path, json=body)
+        except aiohttp.ConnectionTimeoutError as exc:  # never connected: nothing ran there
+            raise EngineUnavailable(f"worker {self.engine.base_url} did not accept a connection: {exc!r}",
+                                    unreachable=True) from exc
         except asyncio.TimeoutError as exc:
-            raise EngineUnavailable(f"worker {self.engine.base_url} timed out: {exc!r}") from exc
-        except aiohttp.ClientError as exc:
-            raise EngineUnavailable(f"worker {self.engine.base_url} unreachable: {exc!r}") from exc
+            # Connected, but no answer in time: the worker may still be working on it, so no retry.
+            raise EngineUnavailable(f"worker {self.engine.base_url} timed out: {exc!r}", retry_safe=False) from exc
+        except aiohttp.ClientConnectorError as exc:  # refused, no route: the worker is not there
+            raise EngineUnavailable(f"worker {self.engine.base_url} unreachable: {exc!r}", unreachable=True) from exc
+        except aiohttp.ClientError as exc:  # reset or closed before any answer
+            raise EngineUnavailable(f"worker {self.engine.base_url} dropped the request: {exc!r}") from exc
         ended = False
         try:
             if response.status != 200:
@@ -270,7 +280,9 @@ class RemoteGenerationStream(GenerationStream):
             ended = True
             self.result = self._build_result(self._finish_reason or "stop")
         except HTTP_ERRORS as exc:
-            raise EngineError(f"worker {self.engine.base_url} failed mid-stream: {exc!r}") from exc
+            if self._cancelled:  # we closed the connection ourselves (the caller left, or a deadline)
+                return
+            raise self._failure(exc) from exc
         finally:
             if ended:
                 response.release()  # read to the end: the connection goes back to the pool
@@ -278,6 +290,16 @@ class RemoteGenerationStream(GenerationStream):
                 response.close()  # closing the connection makes the worker cancel the request
             if not ended and self.result is None:
                 self.result = self._build_result("cancelled")
+
+    def _failure(self, exc: BaseException) -> EngineError:
+        """What a connection failure while reading the answer means for the request."""
+        url = self.engine.base_url
+        if isinstance(exc, asyncio.TimeoutError):  # (aiohttp's read timeout is a connection error too)
+            return EngineError(f"worker {url} stopped answering: {exc!r}")
+        if isinstance(exc, aiohttp.ClientConnectionError) and not self.received_first_token:
+            # Reset before the first token: the caller has seen nothing yet, another try is safe.
+            return EngineUnavailable(f"worker {url} dropped the connection: {exc!r}")
+        return EngineError(f"worker {url} failed mid-stream: {exc!r}")
 
     def _build_result(self, finish_reason: str) -> GenerationResult:
         usage = self._usage

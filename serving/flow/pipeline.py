@@ -183,15 +183,14 @@ async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
     if ctx.replay is not None:
         return ChatOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
                            response=ChatCompletionResponse.model_validate_json(ctx.replay.body))
-    attempt = ctx.attempts[-1]
     if ctx.request.stream:
         # The first delta before any byte is sent, so a failure before the first token is an HTTP error.
-        deltas = generate.deltas(attempt)
+        deltas = generate.deltas(ctx)
         first = await _settled_if_it_fails(ctx, anext(deltas, None))
         chunks = _stream(ctx, deltas, first, own)
         return ChatOutcome(headers=respond.stream_headers(ctx), chunks=chunks,
                            close=lambda: _close_stream(ctx, chunks, deltas, own))
-    text = await _settled_if_it_fails(ctx, generate.collect(attempt))
+    text = await _settled_if_it_fails(ctx, generate.collect(ctx))
     await settle.run(ctx)
     return ChatOutcome(headers=respond.headers(ctx), response=respond.completion(ctx, text))
 
@@ -199,7 +198,7 @@ async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
 async def _abandon(ctx: RequestContext, deltas=None) -> None:
     # One task for every step: under the server's level-triggered cancellation every await of the
     # caller is cancelled again, so stopping the engine and billing what it produced must not be split.
-    await generate.abandon(ctx.attempts[-1])
+    await generate.abandon(ctx)
     if deltas is not None:
         await deltas.aclose()  # the engine-side iteration frees its replica slot now, not at garbage collection
     await settle.run(ctx)

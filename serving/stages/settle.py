@@ -102,6 +102,7 @@ def _attempt_draft(ctx: RequestContext, attempt: Attempt) -> UsageDraft:
     draft = _base_draft(ctx)
     draft.model_served, draft.price_id = entry.name, entry.price_id
     draft.attempt_kind, draft.status, draft.error_code = attempt.kind, attempt.status, attempt.error_code
+    draft.retry_attempt = attempt.retry
     draft.duration_ms = attempt.duration_s * 1000.0
     draft.downgraded = bool(ctx.reservation and ctx.reservation.downgraded)
     result = attempt.result
@@ -114,9 +115,11 @@ def _attempt_draft(ctx: RequestContext, attempt: Attempt) -> UsageDraft:
             draft.queue_wait_ms += result.queue_seconds * 1000.0
             draft.cost_input = pricing.cost_of_tokens(entry, input_tokens=result.prompt_tokens, output_tokens=0).input
         return draft
+    draft.pool, draft.replica = attempt.pool, attempt.replica
     if result is None:
         return draft
-    draft.pool, draft.replica = result.extra.get("pool", ""), result.extra.get("replica", "")
+    draft.pool = result.extra.get("pool", "") or draft.pool
+    draft.replica = result.extra.get("replica", "") or draft.replica
     draft.input_tokens = result.prompt_tokens
     draft.cached_input_tokens = result.cached_prompt_tokens
     draft.output_tokens = result.completion_tokens

@@ -11,6 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from metering.models import UsageRecord
+from serving import pools
+from serving.models import Deployment, Pool, Replica
+
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,3 +70,32 @@ def worker():
     w = WorkerProcess("--embeddings").start()
     yield w
     w.kill()
+
+
+@pytest.fixture
+def deploy(db):
+    """Put a model in a pool with the given replicas (URLs; "" = in-process) and make the gateway see it now."""
+
+    def make(model: str, urls: list[str], pool: str = "interactive", kind: str = "interactive", **pool_fields):
+        p, _ = Pool.objects.update_or_create(name=pool, defaults={"kind": kind, **pool_fields})
+        d = Deployment.objects.create(model=model, pool=p)
+        for url in urls:
+            Replica.objects.create(deployment=d, url=url)
+        return pools.reload_pools()
+
+    yield make
+    Replica.objects.all().delete()
+    Deployment.objects.all().delete()
+    Pool.objects.all().delete()
+    pools.reload_pools()
+
+
+def usage_row(request_id: str, timeout: float = 10.0) -> UsageRecord:
+    """The row of the attempt that answered (a request's failed tries have rows of their own)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = UsageRecord.objects.filter(request_id=request_id).exclude(status=UsageRecord.Status.ERROR).first()
+        if row is not None:
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"no usage row for {request_id}")

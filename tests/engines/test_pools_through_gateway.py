@@ -14,14 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import httpx
-import openai
 import pytest
 
 from metering.models import UsageRecord
 from serving import pools
-from serving.models import Deployment, Pool, Replica
 
-from .conftest import MINI, WorkerProcess
+from .conftest import MINI, WorkerProcess, usage_row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,34 +32,6 @@ def two_workers():
     a.start(), b.start()
     yield a, b
     a.kill(), b.kill()
-
-
-@pytest.fixture
-def deploy(db):
-    """Put a model in a pool with the given replicas (URLs; "" = in-process) and make the gateway see it now."""
-
-    def make(model: str, urls: list[str], pool: str = "interactive", kind: str = "interactive", **pool_fields):
-        p, _ = Pool.objects.update_or_create(name=pool, defaults={"kind": kind, **pool_fields})
-        d = Deployment.objects.create(model=model, pool=p)
-        for url in urls:
-            Replica.objects.create(deployment=d, url=url)
-        return pools.reload_pools()
-
-    yield make
-    Replica.objects.all().delete()
-    Deployment.objects.all().delete()
-    Pool.objects.all().delete()
-    pools.reload_pools()
-
-
-def usage_row(request_id: str, timeout: float = 10.0) -> UsageRecord:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = UsageRecord.objects.filter(request_id=request_id).first()
-        if row is not None:
-            return row
-        time.sleep(0.05)
-    raise AssertionError(f"no usage row for {request_id}")
 
 
 def test_requests_go_to_remote_replicas_and_the_usage_row_records_pool_replica_and_timings(
