@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import socket
 import subprocess
@@ -116,19 +117,20 @@ def cpu_seconds(pid: int | None) -> float:
 async def closed_loop(url: str, headers: dict, n: int, concurrency: int) -> dict:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
-    errors = 0
+    kinds: collections.Counter[str] = collections.Counter()  # what each failed request got: a status or an exception
     remaining = n
     async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
         async def worker():
-            nonlocal remaining, errors
+            nonlocal remaining
             while remaining > 0:
                 remaining -= 1
                 t0 = time.perf_counter()
                 try:
                     response = await client.post(url, json=BODY)
-                    errors += response.status_code != 200
-                except httpx.HTTPError:  # a dropped connection counts as an error, not a crash
-                    errors += 1
+                    if response.status_code != 200:
+                        kinds[str(response.status_code)] += 1
+                except httpx.HTTPError as exc:  # a dropped connection counts as an error, not a crash
+                    kinds[type(exc).__name__] += 1
                 latencies.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
@@ -136,7 +138,8 @@ async def closed_loop(url: str, headers: dict, n: int, concurrency: int) -> dict
         wall = time.perf_counter() - t0
     latencies.sort()
     return {"rps": n / wall, "p50": latencies[len(latencies) // 2] * 1000,
-            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, "errors": errors}
+            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+            "errors": sum(kinds.values()), "error_kinds": ", ".join(f"{k} x{v}" for k, v in kinds.most_common())}
 
 
 def main() -> None:
@@ -211,7 +214,7 @@ def main() -> None:
                 results[(name, c)] = r = asyncio.run(closed_loop(url, headers, args.requests, c))
                 r["cpu_ms"] = (cpu_seconds(pids.get(name)) - cpu_before) * 1000 / args.requests
                 print(f"c={c} {name}: {r['rps']:.0f} rps, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "
-                      f"server CPU {r['cpu_ms']:.2f} ms/request, errors {r['errors']}", file=sys.stderr)
+                      f"server CPU {r['cpu_ms']:.2f} ms/request, errors {r['errors']} {r['error_kinds']}", file=sys.stderr)
 
         levels = sorted({c for _, c in results})
         print(f"\n{args.requests} requests per path and level after {args.warmup} warm-up, cpus={os.cpu_count()}\n")
@@ -223,7 +226,7 @@ def main() -> None:
                 r = results[(name, c)]
                 added = "–" if name == "upstream direct" else f"{r['p50'] - direct:.2f}"
                 print(f"| {name} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {added} | "
-                      f"{r['cpu_ms']:.2f} | {r['errors']} |")
+                      f"{r['cpu_ms']:.2f} | {r['errors']}{f' ({kinds})' if (kinds := r['error_kinds']) else ''} |")
         if args.litellm:
             ll = "LiteLLM proxy (1 worker, master key, no database)"
             gw = "Tollgate gateway (auth, budget, ledger, spans)"

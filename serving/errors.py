@@ -148,6 +148,14 @@ class EngineUnavailable(OpenAIError):
     code = "engine_unavailable"
 
 
+class StoreUnavailable(OpenAIError):
+    """PostgreSQL or Redis is unreachable: the request is refused rather than served unbilled."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+
 class GenerationTimeout(OpenAIError):
     """The generation ran past its deadline and the caller did not take a partial answer."""
 

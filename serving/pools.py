@@ -321,8 +321,11 @@ def claim_replica(deployment: "DeploymentRuntime", key: str, tried: set[str] = f
         replica = (choose_replica(deployment.replicas, key, tried | refused)
                    or choose_replica(deployment.replicas, key, refused))
         if replica is None:
-            raise EngineUnavailable(f"no replica of {deployment.model} can take the request (circuits open)",
+            wait = min((r.breaker.seconds_until_probe() for r in deployment.replicas), default=1.0)
+            exc = EngineUnavailable(f"no replica of {deployment.model} can take the request (circuits open)",
                                     retry_safe=False)
+            exc.retry_after_s = max(1, math.ceil(wait))
+            raise exc
         if replica.breaker.begin():
             return replica
         refused.add(replica.label)  # its probe was claimed by another request meanwhile
@@ -336,9 +339,9 @@ def retry_backoff_s(retry: int) -> float:
 class PooledGenerationStream(GenerationStream):
     """One try of a generation: the pool's admission, one replica's stream, that replica's breaker.
 
-    ``admit()`` must be awaited before iterating (it may raise PoolQueueFull). The replica is chosen when
-    the stream starts, skipping open circuits and, while another can take it, the replicas in
-    ``exclude`` (those an earlier try of the same request failed on). A failure is reported to the
+    ``admit()`` must be awaited before iterating (it may raise PoolQueueFull, or EngineUnavailable when
+    every circuit is open). It chooses the replica, skipping open circuits and, while another can take
+    it, the replicas in ``exclude`` (those an earlier try of the same request failed on). A failure is reported to the
     replica's breaker and raised: whether to try again is the generate stage's decision (an attempt).
     """
 
@@ -359,8 +362,15 @@ class PooledGenerationStream(GenerationStream):
         return self.deployment.pool
 
     async def admit(self) -> None:
+        """Wait for the pool's admission, then claim a replica (EngineUnavailable: every circuit is open)."""
         self.queue_wait_s = await self.deployment.pool.admit_request()
         self._admitted_at = time.perf_counter()
+        try:
+            self.replica = claim_replica(self.deployment, prefix_key(self.request.messages, self.request.prompt),
+                                         self.exclude)
+        except EngineUnavailable:
+            self._release()
+            raise
 
     def _release(self) -> None:
         if self.replica is not None and not self._judged:
@@ -386,8 +396,7 @@ class PooledGenerationStream(GenerationStream):
         if self._admitted_at is None:
             await self.admit()
         try:
-            self.replica = replica = claim_replica(self.deployment, prefix_key(self.request.messages,
-                                                                                self.request.prompt), self.exclude)
+            replica = self.replica
             self.inner = inner = replica.engine.stream(self.request)
             replica.outstanding += 1
             try:

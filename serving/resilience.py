@@ -74,6 +74,13 @@ class CircuitBreaker:
             self._probe_in_flight = False
         return self._state
 
+    def seconds_until_probe(self) -> float:
+        """How long until an open circuit lets its probe through (0 when it would now)."""
+        with self._lock:
+            if self._current_state() != OPEN:
+                return 0.0
+            return max(0.0, self._opened_at + self.open_s - self._clock())
+
     def allows(self) -> bool:
         """Whether a request may be sent now (does not claim the half-open probe; ``begin`` does)."""
         with self._lock:

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from core.stores import STORE_ERRORS
 from core.threads import on_thread_pool
 from metering import pricing
 from metering.metrics import observe_http_error
@@ -114,7 +115,10 @@ def _server_span(name: str, request: Request, request_id: str, **attributes) -> 
 async def _serve(request: Request, request_id: str, span: trace.Span, wire_type, serve):
     """``(outcome, None)`` from the flow, or ``(None, error response)``; the span is ended on any error."""
     try:
-        return await serve(await _context(request, request_id, span, wire_type)), None
+        try:
+            return await serve(await _context(request, request_id, span, wire_type)), None
+        except STORE_ERRORS as exc:
+            raise store_unavailable(exc, request.url.path) from exc
     except errors.OpenAIError as exc:
         span.set_attribute("http.response.status_code", exc.status)
         span.set_attribute("error.type", exc.code or exc.type)
@@ -127,6 +131,13 @@ async def _serve(request: Request, request_id: str, span: trace.Span, wire_type,
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         span.end()
         raise
+
+
+def store_unavailable(exc: BaseException, path: str) -> errors.StoreUnavailable:
+    """A store the request needs is down (fail closed: nothing is served that could not be billed)."""
+    logger.warning("store unavailable on %s: %r", path, exc)
+    return errors.StoreUnavailable("A store the gateway needs is unavailable; please retry shortly.",
+                                   headers={"Retry-After": "2"})
 
 
 async def _context(request: Request, request_id: str, span: trace.Span, wire_type) -> RequestContext:
@@ -243,7 +254,10 @@ async def models(request: Request) -> Response:
     try:
         if request.method != "GET":
             raise errors.MethodNotAllowed("Use GET for /v1/models.", allow="GET")
-        listed = await on_thread_pool(_list_models)(request.headers.get("authorization"))
+        try:
+            listed = await on_thread_pool(_list_models)(request.headers.get("authorization"))
+        except STORE_ERRORS as exc:
+            raise store_unavailable(exc, request.url.path) from exc
         if model_id is None:
             return _json(ModelList(data=listed), request_id)
         match = [card for card in listed if card.id == model_id]

@@ -109,7 +109,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2),
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
-        "timeout": 10,
+        # Seconds a request waits for a connection; when PostgreSQL is down, how soon it gets its 503.
+        "timeout": float(env("DATABASE_POOL_TIMEOUT_S", "10")),
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The gateway writes from several threads; wait for the lock rather than fail.
@@ -210,6 +211,10 @@ PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", "")
 HOST = env("HOST", "127.0.0.1")
 PORT = env_int("PORT", 8000)
 UVICORN_LOG_LEVEL = env("UVICORN_LOG_LEVEL", "info")
+# Seconds an idle client connection is kept open. Longer than a load balancer's idle timeout (60 s on most),
+# so the balancer, not the server, closes idle connections: a server that closes one just as a request
+# arrives on it resets that request.
+TOLLGATE_HTTP_KEEP_ALIVE_S = float(env("TOLLGATE_HTTP_KEEP_ALIVE_S", "75"))
 # `manage.py serve_engine` (an engine worker) listens on HOST and PORT too, with its own defaults.
 SERVE_ENGINE_PORT = env_int("PORT", 8100)
 SERVE_ENGINE_LOG_LEVEL = env("UVICORN_LOG_LEVEL", "warning")
@@ -261,6 +266,9 @@ TOLLGATE_PREFIX_AFFINITY_SLACK = env_int("TOLLGATE_PREFIX_AFFINITY_SLACK", 4)
 TOLLGATE_HEALTH_CHECK_INTERVAL_S = float(env("TOLLGATE_HEALTH_CHECK_INTERVAL_S", "2"))
 TOLLGATE_ENGINE_CONNECT_TIMEOUT_S = float(env("TOLLGATE_ENGINE_CONNECT_TIMEOUT_S", "2"))
 TOLLGATE_ENGINE_READ_TIMEOUT_S = float(env("TOLLGATE_ENGINE_READ_TIMEOUT_S", "120"))
+# How long an idle connection to a worker is kept for reuse: below the worker's own keep-alive (5 s for
+# vLLM's and uvicorn's defaults), so the gateway never writes a request on a connection being closed.
+TOLLGATE_ENGINE_KEEP_ALIVE_S = float(env("TOLLGATE_ENGINE_KEEP_ALIVE_S", "3"))
 # Retries (serving/resilience.py): only failures before the first token that cost nothing (refused or
 # reset connections, a worker's 429/502/503/504); at most this many tries per request, with full-jitter
 # exponential backoff, and at most RATIO x requests (+ MIN) retries per pool over the window.

@@ -33,6 +33,8 @@ class EngineUnavailable(EngineError):
         self.retry_safe = retry_safe
         # The replica could not be reached at all: it is taken out until a health check finds it again.
         self.unreachable = unreachable
+        # When known, how soon trying again makes sense (an open circuit's wait for its probe).
+        self.retry_after_s: int | None = None
 
 
 class PromptTooLong(Exception):

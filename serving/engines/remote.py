@@ -29,6 +29,7 @@ import weakref
 from collections.abc import AsyncIterator
 
 import aiohttp
+from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from .base import (
@@ -66,7 +67,11 @@ def http_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientS
             if session is None or session.closed:
                 session = aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
-                    connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0),
+                    # An idle connection is dropped before the worker drops it (vLLM's server keeps one
+                    # 5 s): a request written on a connection the worker is closing is lost ("Can not
+                    # write request body"), and a burst of those would open the replica's circuit.
+                    connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0,
+                                                   keepalive_timeout=settings.TOLLGATE_ENGINE_KEEP_ALIVE_S),
                     read_bufsize=_READ_BUFSIZE,
                 )
                 per_loop[key] = session

@@ -68,7 +68,9 @@ async def _open(ctx: RequestContext, kind: str, exclude: frozenset[str] = frozen
         raise errors.QueueFull(str(exc), headers={"Retry-After": str(exc.retry_after_s)})
     except EngineError as exc:
         _end_unstarted(attempt, "engine_unavailable")
-        raise errors.EngineUnavailable(f"The model `{option.model}` is unavailable: {exc}")
+        retry_after = getattr(exc, "retry_after_s", None)
+        raise errors.EngineUnavailable(f"The model `{option.model}` is unavailable: {exc}",
+                                       headers={"Retry-After": str(retry_after)} if retry_after else None)
     ctx.attempts.append(attempt)
 
 

@@ -1,7 +1,7 @@
 """Failures that cost nothing extra: retries, the retry budget and circuit breakers, through the live gateway.
 
 The worker behind each replica is a real `serve_engine` process; a fault-injecting
-proxy (tests/engines/faults.py) stands in for the failures a fleet produces
+proxy (tests/faults.py) stands in for the failures a fleet produces
 (overloaded 503s, reset connections, a worker dying mid-stream).
 """
 
@@ -18,7 +18,7 @@ import pytest
 from metering.models import UsageRecord
 
 from .conftest import MINI, WorkerProcess
-from .faults import CUT_AFTER_FIRST_TOKEN, OVERLOADED, RESET, FaultyProxy
+from tests.faults import CUT_AFTER_FIRST_TOKEN, OVERLOADED, RESET, FaultyProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -181,3 +181,26 @@ def test_the_retry_budget_turns_an_outage_into_fast_errors_not_a_retry_storm(
     assert UsageRecord.objects.exclude(cost_total=0).count() == 0
     text = httpx.get(f"{live_gateway.url}/metrics", timeout=10).text
     assert re.search(r'tollgate_retries_total\{outcome="budget_exhausted",pool="interactive"\} [1-9]', text)
+
+
+def test_with_every_circuit_open_a_request_fails_fast_with_retry_after_and_costs_nothing(
+        live_gateway, tenant, deploy, proxies, quick_retries):
+    quick_retries.TOLLGATE_BREAKER_FAILURES = 1
+    quick_retries.TOLLGATE_BREAKER_OPEN_S = 30
+    (only,) = proxies(1)
+    only.mode = OVERLOADED
+    deploy(MINI, [only.url])
+    client = openai.OpenAI(base_url=live_gateway.v1, api_key=tenant.plaintext, max_retries=0)
+
+    with pytest.raises(openai.InternalServerError):
+        ask(client, 1)  # its failure opens the circuit; its retry finds it open
+    assert only.generations == 1
+    rows_before = UsageRecord.objects.count()
+
+    with pytest.raises(openai.InternalServerError) as refused:
+        ask(client, 2)
+
+    assert refused.value.status_code == 503
+    assert 1 <= int(refused.value.response.headers["retry-after"]) <= 30
+    assert only.generations == 1  # nothing was sent to the replica
+    assert UsageRecord.objects.count() == rows_before  # and nothing ran, so no usage row

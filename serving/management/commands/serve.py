@@ -18,4 +18,5 @@ class Command(BaseCommand):
             workers = 1
         self.stdout.write(f"Tollgate listening on http://{host}:{port}/  (dashboards: /dashboards/, admin: /admin/)")
         uvicorn.run("tollgate.asgi:application", host=host, port=port, workers=workers, lifespan="off",
-                    log_level=settings.UVICORN_LOG_LEVEL, access_log=settings.DEBUG)
+                    log_level=settings.UVICORN_LOG_LEVEL, access_log=settings.DEBUG,
+                    timeout_keep_alive=settings.TOLLGATE_HTTP_KEEP_ALIVE_S)

@@ -1,12 +1,16 @@
-"""A fault-injecting HTTP proxy in front of a real engine worker.
+"""Fault-injecting proxies: HTTP in front of a real engine worker, TCP in front of a real store.
 
-It stands in for what a real fleet does to a gateway and cannot be produced
+``FaultyProxy`` stands in for what a real fleet does to a gateway and cannot be produced
 on demand here: a worker that answers 503 while it is overloaded, one that
 resets connections before answering, one that dies in the middle of a stream.
 Everything it does not break it forwards unchanged to the real worker
 process behind it (the CPU engine's `serve_engine`), so the answers the
 gateway gets are real. Health checks always pass through, so tests decide
 when a replica looks healthy.
+
+``TcpProxy`` sits between the gateway and a real PostgreSQL or Redis: ``down()``
+resets every open connection and refuses new ones, as a crashed or
+partitioned store does; ``up()`` lets connections through again.
 """
 
 from __future__ import annotations
@@ -98,3 +102,65 @@ def _has_text(line: bytes) -> bool:
     except ValueError:
         return False
     return any((c.get("delta") or {}).get("content") or c.get("text") for c in chunk.get("choices") or ())
+
+
+class TcpProxy:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"tcp-proxy-{self.port}", daemon=True)
+
+    def start(self) -> "TcpProxy":
+        self._thread.start()
+        self.up()
+        return self
+
+    def _call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    def up(self) -> None:
+        self._call(self._listen())
+
+    def down(self) -> None:
+        self._call(self._refuse())
+
+    def stop(self) -> None:
+        self.down()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _listen(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
+
+    async def _refuse(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._open):
+            writer.transport.abort()  # RST: what a crashed server's peer sees
+        self._open.clear()
+
+    async def _pipe(self, client_reader, client_writer) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._open.update((client_writer, server_writer))
+
+        async def copy(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+                self._open.discard(writer)
+
+        await asyncio.gather(copy(client_reader, server_writer), copy(server_reader, client_writer))
