@@ -106,6 +106,7 @@ class UsageRecord(models.Model):
         RETRY = "retry"
         ESCALATION = "escalation"
         CACHE_HIT = "cache_hit", "cache hit"
+        SUMMARY = "summary", "history summary (token optimization)"
 
     # Time-ordered UUIDv7: rows sort by time and the id doubles as the dedup key downstream.
     event_id = models.UUIDField(primary_key=True, default=uuid6.uuid7, editable=False)

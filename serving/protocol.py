@@ -223,7 +223,7 @@ class ChatCompletionRequest(SamplingFields):
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
-    verbosity: str | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None  # honoured by the gateway (optimize_tokens)
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
@@ -269,7 +269,7 @@ class ChatCompletionRequest(SamplingFields):
         """
         used = self._sampling_parameters()
         for name in ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "modalities",
-                     "audio", "prediction", "web_search_options", "reasoning_effort", "verbosity", "metadata",
+                     "audio", "prediction", "web_search_options", "reasoning_effort", "metadata",
                      "prompt_cache_key", "safety_identifier"):
             if getattr(self, name) is not None:
                 used.add(name)

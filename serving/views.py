@@ -16,6 +16,7 @@ models and service functions; everything else stays Django (tollgate/asgi.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from django.conf import settings
@@ -38,6 +39,7 @@ from . import errors
 from .flow.context import RequestContext, new_request_id
 from .flow.pipeline import serve_chat, serve_embeddings
 from .pools import served_model_names
+from .stages import optimize_tokens
 from .protocol import ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelList, parse_request
 
 logger = logging.getLogger(__name__)
@@ -155,6 +157,10 @@ async def _context(request: Request, request_id: str, span: trace.Span, wire_typ
     partial = request.headers.get("x-tollgate-partial")
     if partial is not None:
         ctx.partial_allowed = partial_allowed(partial)
+    optimize = request.headers.get("x-tollgate-optimize")
+    if optimize is not None:
+        ctx.token_policy = dataclasses.replace(optimize_tokens.default_policy(),
+                                               steps=optimize_tokens.parse_steps(optimize))
     return ctx
 
 

@@ -231,8 +231,19 @@ TOLLGATE_IDEMPOTENCY_TTL_S = env_int("TOLLGATE_IDEMPOTENCY_TTL_S", 24 * 3600)
 TOLLGATE_IDEMPOTENCY_RUNNING_S = env_int("TOLLGATE_IDEMPOTENCY_RUNNING_S", 600)
 # The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
 # always ends by settling and responding. Stages to come (token optimization, cache) go here.
+# Token optimization (serving/stages/optimize_tokens.py): the steps that run unless a request's
+# X-Tollgate-Optimize says otherwise ("off", "on", or a comma list of dedupe, tools, context, history),
+# the prompt budgets in tokens past which context is selected and history summarized, the longest string
+# kept in a tool output, and the history summary's length and cache lifetime.
+TOLLGATE_TOKEN_OPTIMIZATION = env("TOLLGATE_TOKEN_OPTIMIZATION", "on")
+TOLLGATE_CONTEXT_BUDGET_TOKENS = env_int("TOLLGATE_CONTEXT_BUDGET_TOKENS", 1024)
+TOLLGATE_HISTORY_BUDGET_TOKENS = env_int("TOLLGATE_HISTORY_BUDGET_TOKENS", 1536)
+TOLLGATE_TOOL_OUTPUT_FIELD_CHARS = env_int("TOLLGATE_TOOL_OUTPUT_FIELD_CHARS", 2000)
+TOLLGATE_SUMMARY_MAX_TOKENS = env_int("TOLLGATE_SUMMARY_MAX_TOKENS", 96)
+TOLLGATE_SUMMARY_CACHE_TTL_S = env_int("TOLLGATE_SUMMARY_CACHE_TTL_S", 86400)
 TOLLGATE_CHAT_STAGES = [
     "serving.stages.idempotency",
+    "serving.stages.optimize_tokens",
     "serving.stages.route",
     "serving.stages.reserve_budget",
     "serving.stages.generate",

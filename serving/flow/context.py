@@ -28,6 +28,8 @@ from ..engines.base import ChatMessage, GenerationResult, GenerationStream
 from ..protocol import ChatCompletionRequest, EmbeddingRequest
 
 CHAT = "chat.completions"
+GENERATION_KINDS = (UsageRecord.AttemptKind.PRIMARY, UsageRecord.AttemptKind.RETRY,
+                    UsageRecord.AttemptKind.ESCALATION)
 EMBEDDINGS = "embeddings"
 
 
@@ -123,6 +125,15 @@ class RequestContext:
     partial_allowed: bool = False
     deadline: float = float("inf")  # time.monotonic()
     max_attempts: int = field(default_factory=lambda: max(1, settings.TOLLGATE_RETRY_MAX_ATTEMPTS))
+    # Token optimization (serving/stages/optimize_tokens.py): the steps this request allows (None: the
+    # defaults), and what each step that ran saved (recorded on the answering attempt's usage row).
+    token_policy: Any = None
+    token_savings: list = field(default_factory=list)
+
+    @property
+    def tries(self) -> list[Attempt]:
+        """The attempts that tried to generate the answer (not a history summary)."""
+        return [a for a in self.attempts if a.kind in GENERATION_KINDS]
     # Set by a stage that already has the answer (an idempotent replay): the flow runs no further stage.
     replay: Any = None
     # Blocking callbacks once the request is answered (with the response body as sent and its headers),

@@ -53,7 +53,7 @@ async def run(ctx: RequestContext) -> None:
 async def _open(ctx: RequestContext, kind: str, exclude: frozenset[str] = frozenset()) -> None:
     option = ctx.served
     sampling = ctx.request.to_sampling_params(option.estimate.max_tokens)
-    attempt = Attempt(option=option, kind=kind, retry=len(ctx.attempts), span=tracer.start_span(
+    attempt = Attempt(option=option, kind=kind, retry=len(ctx.tries), span=tracer.start_span(
         f"chat {option.model}", kind=SpanKind.CLIENT, context=trace.set_span_in_context(ctx.span),
         attributes=request_attributes(operation="chat", model=ctx.request.model, max_tokens=sampling.max_tokens,
                                       temperature=sampling.temperature, top_p=sampling.top_p,
@@ -92,17 +92,17 @@ def _ended(attempt: Attempt, status: str, error_code: str = "") -> None:
 async def _retry(ctx: RequestContext, failed: Attempt, exc: EngineError) -> bool:
     """Open a retry attempt for a try that failed before its first token, if that is safe and allowed."""
     pool = getattr(failed.stream, "pool", None)
-    if not exc.retry_safe or pool is None or len(ctx.attempts) >= ctx.max_attempts:
+    if not exc.retry_safe or pool is None or len(ctx.tries) >= ctx.max_attempts:
         return False
     if not pool.retry_budget.try_spend():
         RETRIES.labels(pool.name, "budget_exhausted").inc()
         return False
     RETRIES.labels(pool.name, "retried").inc()
-    delay = retry_backoff_s(len(ctx.attempts))
+    delay = retry_backoff_s(len(ctx.tries))
     if time.monotonic() + delay >= ctx.deadline:
         return False
     await asyncio.sleep(delay)
-    tried = frozenset(a.replica for a in ctx.attempts if a.replica)
+    tried = frozenset(a.replica for a in ctx.tries if a.replica)
     try:
         await _open(ctx, UsageRecord.AttemptKind.RETRY, tried)
     except errors.OpenAIError:

@@ -62,7 +62,7 @@ def route_chat(ctx: RequestContext) -> Route:
         param = request.max_output_tokens_param
         raise errors.InvalidRequest(f"'{param}' must be between 1 and {limit}; got {requested}.", param=param,
                                     code="invalid_value")
-    ctx.messages = request.to_chat_messages()
+    ctx.messages = ctx.messages or request.to_chat_messages()  # optimize_tokens may have set them
     primary = _chat_option(ctx, entry, engine, requested)
 
     alternatives: tuple[RouteOption, ...] = ()

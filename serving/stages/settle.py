@@ -23,7 +23,7 @@ from metering.models import UsageRecord
 from metering.services import UsageDraft
 from metering.tracing import tracer, usage_attributes
 
-from ..flow.context import EMBEDDINGS, Attempt, RequestContext
+from ..flow.context import EMBEDDINGS, GENERATION_KINDS, Attempt, RequestContext
 
 asettle_usage = on_thread_pool(settle_usage)
 
@@ -39,6 +39,10 @@ async def run(ctx: RequestContext) -> None:
         return
     ctx.settling = True
     drafts = [_attempt_draft(ctx, attempt) for attempt in ctx.attempts]
+    answering = [d for a, d in zip(ctx.attempts, drafts) if a.kind in GENERATION_KINDS]
+    if answering and ctx.token_savings:
+        # What token optimization removed from the prompt this attempt was sent (savings at its price).
+        answering[-1].tokens_saved = sum(step.saved for step in ctx.token_savings)
     if ctx.refusal_code:
         drafts.append(_refusal_draft(ctx))
     if not drafts and (ctx.reservation is None or not ctx.reservation.held):
