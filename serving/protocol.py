@@ -472,3 +472,43 @@ class ModelCard(ResponseModel):
 class ModelList(ResponseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ----------------------------------------------------------------- text completions: the gateway's request
+
+MAX_COMPLETION_PROMPTS = 16
+
+
+class TextCompletionRequest(CompletionRequest):
+    """POST /v1/completions at the gateway: one prompt, or a list of them (one choice each, by index).
+
+    The gateway honours ``echo`` itself (it prepends the prompt to the text), so the engine is never
+    asked for it. The route stage reads it the way it reads a chat request: the prompt as one user
+    message counts its tokens (the chat template adds a few, so the estimate errs high, never low; what
+    is billed is what the engine counted).
+    """
+
+    prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_COMPLETION_PROMPTS)]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def for_prompt(self, index: int) -> "TextCompletionRequest":
+        """This request with only its ``index``-th prompt (each prompt is served and billed as its own request)."""
+        return self.model_copy(update={"prompt": self.prompts[index]})
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def max_output_tokens_param(self) -> str:
+        return "max_tokens"
+
+    def to_chat_messages(self) -> tuple[ChatMessage, ...]:
+        return (ChatMessage(role="user", content=self.prompt_text),)
+
+    def engine_parameters(self) -> set[str]:
+        return super().engine_parameters() - {"echo"}
+

@@ -37,15 +37,17 @@ from tenants import services as tenants
 
 from . import errors
 from .flow.context import RequestContext, new_request_id
-from .flow.pipeline import serve_chat, serve_embeddings
+from .flow.pipeline import serve_chat, serve_completions, serve_embeddings
 from .pools import served_model_names
 from .stages import optimize_tokens
-from .protocol import ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelList, parse_request
+from .protocol import (ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelList, TextCompletionRequest,
+                       parse_request)
 
 logger = logging.getLogger(__name__)
 
 # The endpoint label of tollgate_http_errors_total: the routes, and "other" for anything else (bounded).
-_ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/embeddings": "embeddings", "/v1/models": "models"}
+_ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions",
+              "/v1/embeddings": "embeddings", "/v1/models": "models"}
 
 
 def _error_response(error: errors.OpenAIError, request_id: str | None = None, *, path: str = "") -> Response:
@@ -204,6 +206,25 @@ async def chat_completions(request: Request) -> Response:
     return _json(outcome.response, request_id, outcome.headers)
 
 
+async def completions(request: Request) -> Response:
+    """POST /v1/completions: the legacy text endpoint, on the same flow as chat."""
+    request_id = new_request_id()
+    if request.method != "POST":
+        return _error_response(errors.MethodNotAllowed("Use POST for /v1/completions.", allow="POST"),
+                               request_id, path=request.url.path)
+    span = _server_span("POST /v1/completions", request, request_id, **{"gen_ai.operation.name": "text_completion"})
+    outcome, refused = await _serve(request, request_id, span, TextCompletionRequest, serve_completions)
+    if refused is not None:
+        return refused
+    if outcome.chunks is not None:
+        return SettlingStreamingResponse(_sse(outcome.chunks, span), outcome.close, span, headers={
+            "Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": request_id, **outcome.headers,
+        })
+    span.set_attribute("http.response.status_code", 200)
+    span.end()
+    return _json(outcome.response, request_id, outcome.headers)
+
+
 async def _sse(chunks, span: trace.Span):
     async for chunk in chunks:
         yield b"data: " + chunk.model_dump_json().encode() + b"\n\n"
@@ -309,6 +330,7 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRAC
 gateway = Starlette(
     routes=[
         Route("/v1/chat/completions", chat_completions, methods=ALL_METHODS),
+        Route("/v1/completions", completions, methods=ALL_METHODS),
         Route("/v1/embeddings", embeddings, methods=ALL_METHODS),
         Route("/v1/models", models, methods=ALL_METHODS),
         Route("/v1/models/{model_id:path}", models, methods=ALL_METHODS),

@@ -248,6 +248,14 @@ TOLLGATE_CHAT_STAGES = [
     "serving.stages.reserve_budget",
     "serving.stages.generate",
 ]
+# /v1/completions shares route, budget and generation with chat; raw_prompt sends the prompt untemplated.
+TOLLGATE_COMPLETIONS_STAGES = [
+    "serving.stages.idempotency",
+    "serving.stages.route",
+    "serving.stages.raw_prompt",
+    "serving.stages.reserve_budget",
+    "serving.stages.generate",
+]
 TOLLGATE_EMBEDDINGS_STAGES = [
     "serving.stages.idempotency",
     "serving.stages.route",

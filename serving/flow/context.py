@@ -25,9 +25,10 @@ from metering.models import UsageRecord
 from tenants.services import TenantContext
 
 from ..engines.base import ChatMessage, GenerationResult, GenerationStream
-from ..protocol import ChatCompletionRequest, EmbeddingRequest
+from ..protocol import ChatCompletionRequest, EmbeddingRequest, TextCompletionRequest
 
 CHAT = "chat.completions"
+COMPLETIONS = "completions"
 GENERATION_KINDS = (UsageRecord.AttemptKind.PRIMARY, UsageRecord.AttemptKind.RETRY,
                     UsageRecord.AttemptKind.ESCALATION)
 EMBEDDINGS = "embeddings"
@@ -96,7 +97,7 @@ class RequestContext:
     """One request on its way through the flow."""
 
     tenant: TenantContext
-    request: ChatCompletionRequest | EmbeddingRequest
+    request: ChatCompletionRequest | EmbeddingRequest | TextCompletionRequest
     endpoint: str = CHAT
     request_id: str = field(default_factory=new_request_id)
     received_at: datetime = field(default_factory=timezone.now)
@@ -129,6 +130,9 @@ class RequestContext:
     # defaults), and what each step that ran saved (recorded on the answering attempt's usage row).
     token_policy: Any = None
     token_savings: list = field(default_factory=list)
+    # Set when the request is a line of a batch (the batches app): its usage rows carry the batch's id and
+    # its tokens are billed at the price book's batch discount.
+    batch_id: str = ""
 
     @property
     def tries(self) -> list[Attempt]:

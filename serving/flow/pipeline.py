@@ -1,7 +1,8 @@
 """Running a request context through its stages, then settling it exactly once.
 
-``serve_chat`` and ``serve_embeddings`` are the flow's entry points. The
-stages before the answer are a setting (``TOLLGATE_CHAT_STAGES``,
+``serve_chat``, ``serve_completions`` and ``serve_embeddings`` are the flow's
+entry points. The stages before the answer are a setting
+(``TOLLGATE_CHAT_STAGES``, ``TOLLGATE_COMPLETIONS_STAGES``,
 ``TOLLGATE_EMBEDDINGS_STAGES``: dotted module paths, in order, as Django
 lists its backends); the flow always ends with ``settle`` and ``respond``.
 Consecutive blocking stages share one trip to the thread pool, so routing
@@ -20,6 +21,7 @@ client leaves (then what the engine produced is billed).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,14 +32,15 @@ from django.conf import settings
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from core.money import format_decimal
 from core.threads import on_thread_pool
 from metering.tracing import tenant_attributes, tracer
 
 from .. import errors
 from ..errors import ErrorResponse
-from ..protocol import ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse
+from ..protocol import ChatCompletionChunk, ChatCompletionResponse, CompletionResponse, EmbeddingResponse
 from ..stages import generate, idempotency, respond, settle
-from .context import CHAT, EMBEDDINGS, RequestContext
+from .context import CHAT, COMPLETIONS, EMBEDDINGS, RequestContext, new_request_id
 
 
 @dataclass
@@ -56,6 +59,16 @@ class ChatOutcome:
 
 async def _nothing() -> None:
     return None
+
+
+@dataclass
+class CompletionsOutcome:
+    """A text completion: the whole ``response``, or (``stream=True``) ``chunks``; as ``ChatOutcome``."""
+
+    headers: dict[str, str]
+    response: CompletionResponse | None = None
+    chunks: AsyncIterator[CompletionResponse | ErrorResponse] | None = None
+    close: Callable[[], Awaitable[None]] = field(default=lambda: _nothing())
 
 
 @dataclass
@@ -216,11 +229,13 @@ async def _settled_if_it_fails(ctx: RequestContext, step):
         raise
 
 
-async def _stream(ctx: RequestContext, deltas, first, own) -> AsyncIterator[ChatCompletionChunk | ErrorResponse]:
-    chunks = respond.Chunks(ctx)
+async def _stream(ctx: RequestContext, deltas, first, own, chunks=None) -> AsyncIterator:
+    chunks = chunks or respond.Chunks(ctx)
     error: BaseException | None = None
     try:
-        yield chunks.role()
+        opening = chunks.role()  # a chat answer's role; a text completion's echoed prompt, if any
+        if opening is not None:
+            yield opening
         try:
             if first is not None:
                 if first.text:
@@ -254,6 +269,76 @@ async def _close_stream(ctx: RequestContext, chunks, deltas, own) -> None:
     if ctx.settled is None and not ctx.settling:  # it never started: nothing was sent, what ran is billed
         await asyncio.shield(_abandon(ctx, deltas))
         _end_own_span(own)
+
+
+# ----------------------------------------------------------------- text completions
+
+
+async def serve_completions(ctx: RequestContext) -> CompletionsOutcome:
+    """Serve one /v1/completions request. Raises ``errors.OpenAIError`` (already settled) when it cannot.
+
+    Each prompt of a list is served as a request of its own (its own id, stages and usage rows, run
+    concurrently) and the answers come back as one response, a choice per prompt.
+    """
+    ctx.endpoint = COMPLETIONS
+    prompts = ctx.request.prompts
+    if len(prompts) == 1:
+        return await _serve_one_completion(ctx)
+    if ctx.request.stream:
+        raise errors.InvalidRequest("A streamed completion takes one prompt; send one request per prompt.",
+                                    param="prompt")
+    if ctx.idempotency_key is not None:
+        raise errors.InvalidRequest(f"'{idempotency.HEADER}' takes one prompt per request.",
+                                    param=idempotency.HEADER, code="unsupported_parameter")
+    parts = [_one_prompt(ctx, index) for index in range(len(prompts))]
+    answers = await asyncio.gather(*(_serve_one_completion(part, index) for index, part in enumerate(parts)),
+                                   return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    headers = dict(answers[-1].headers)
+    headers["X-Tollgate-Cost"] = format_decimal(sum(part.settled.cost for part in parts))
+    headers["X-Tollgate-Attempts"] = str(sum(len(part.attempts) for part in parts))
+    return CompletionsOutcome(headers=headers, response=respond.merged_completions([a.response for a in answers]))
+
+
+def _one_prompt(ctx: RequestContext, index: int) -> RequestContext:
+    """A context for the ``index``-th prompt alone: same caller and options, nothing decided yet."""
+    return dataclasses.replace(
+        ctx, request=ctx.request.for_prompt(index), request_id=new_request_id(), attempts=[],
+        response_headers=dict(ctx.response_headers), token_savings=[], on_answered=[], on_failed=[],
+    )
+
+
+async def _serve_one_completion(ctx: RequestContext, index: int = 0) -> CompletionsOutcome:
+    ctx.endpoint = COMPLETIONS
+    own = _own_span(ctx, f"completions {ctx.request.model}")
+    try:
+        outcome = await _serve_completion(ctx, own, index)
+    except BaseException as exc:
+        await _failed(ctx)
+        _end_own_span(own, exc)
+        raise
+    if outcome.chunks is None:
+        _end_own_span(own)
+        await _answered(ctx, outcome.response, outcome.headers)
+    return outcome
+
+
+async def _serve_completion(ctx: RequestContext, own, index: int) -> CompletionsOutcome:
+    await _run_stages(ctx, settings.TOLLGATE_COMPLETIONS_STAGES)
+    if ctx.replay is not None:
+        return CompletionsOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
+                                  response=CompletionResponse.model_validate_json(ctx.replay.body))
+    if ctx.request.stream:
+        deltas = generate.deltas(ctx)
+        first = await _settled_if_it_fails(ctx, anext(deltas, None))
+        chunks = _stream(ctx, deltas, first, own, respond.CompletionChunks(ctx))
+        return CompletionsOutcome(headers=respond.stream_headers(ctx), chunks=chunks,
+                                  close=lambda: _close_stream(ctx, chunks, deltas, own))
+    text = await _settled_if_it_fails(ctx, generate.collect(ctx))
+    await settle.run(ctx)
+    return CompletionsOutcome(headers=respond.headers(ctx), response=respond.text_completion(ctx, text, index))
 
 
 # ----------------------------------------------------------------- embeddings
@@ -292,3 +377,10 @@ def serve_chat_blocking(ctx: RequestContext) -> ChatCompletionResponse:
 
 def serve_embeddings_blocking(ctx: RequestContext) -> EmbeddingResponse:
     return async_to_sync(serve_embeddings)(ctx).response
+
+
+def serve_completions_blocking(ctx: RequestContext) -> CompletionResponse:
+    """``serve_completions`` for synchronous callers; never streams."""
+    if ctx.request.stream:
+        raise errors.InvalidRequest("A blocking call cannot stream; send stream=false.", param="stream")
+    return async_to_sync(serve_completions)(ctx).response

@@ -20,6 +20,8 @@ from ..protocol import (
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChatCompletionResponse,
+    CompletionChoice,
+    CompletionResponse,
     CompletionUsage,
     DeltaMessage,
     EmbeddingData,
@@ -106,3 +108,61 @@ def embeddings(ctx: RequestContext) -> EmbeddingResponse:
         model=ctx.served.model,
         usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
     )
+
+
+# ----------------------------------------------------------------- text completions
+
+
+def completion_id(ctx: RequestContext) -> str:
+    return f"cmpl-{ctx.request_id}"
+
+
+def text_completion(ctx: RequestContext, text: str, index: int = 0) -> CompletionResponse:
+    """One prompt's answer (``echo`` puts the prompt in front of the generated text, as OpenAI does)."""
+    result = ctx.attempts[-1].result
+    if ctx.request.echo:
+        text = ctx.request.prompt_text + text
+    return CompletionResponse(
+        id=completion_id(ctx), created=created(ctx), model=ctx.served.model, usage=usage(result),
+        choices=[CompletionChoice(index=index, text=text, finish_reason=result.finish_reason)],
+    )
+
+
+def merged_completions(answers: list[CompletionResponse]) -> CompletionResponse:
+    """The answers to each prompt of one request as one response: a choice per prompt, usage added up."""
+    first = answers[0]
+    prompt = sum(a.usage.prompt_tokens for a in answers)
+    produced = sum(a.usage.completion_tokens for a in answers)
+    cached = sum(a.usage.prompt_tokens_details.cached_tokens for a in answers)
+    return first.model_copy(update={"choices": [c for a in answers for c in a.choices],
+                                    "usage": CompletionUsage.of(prompt, produced, cached)})
+
+
+class CompletionChunks(Chunks):
+    """The chunks of one streamed text completion: the echoed prompt (if asked), text deltas, finish, usage."""
+
+    def __init__(self, ctx: RequestContext):
+        super().__init__(ctx)
+        self.id = completion_id(ctx)
+
+    def _text(self, text: str, finish_reason: str | None = None,
+              usage_now: CompletionUsage | None = None) -> CompletionResponse:
+        return CompletionResponse(id=self.id, created=self.created, model=self.model, usage=usage_now,
+                                  choices=[CompletionChoice(text=text, finish_reason=finish_reason)])
+
+    def role(self) -> CompletionResponse | None:
+        return self._text(self.ctx.request.prompt_text) if self.ctx.request.echo else None
+
+    def content(self, delta: TextDelta) -> CompletionResponse:
+        self.produced += delta.token_count
+        running = CompletionUsage.of(self.prompt_tokens, self.produced) if self.continuous else None
+        return self._text(delta.text, usage_now=running)
+
+    def finish(self) -> CompletionResponse:
+        return self._text("", finish_reason=self.ctx.attempts[-1].result.finish_reason)
+
+    def usage(self) -> CompletionResponse | None:
+        if not self.ctx.request.include_usage:
+            return None
+        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[],
+                                  usage=usage(self.ctx.attempts[-1].result))
