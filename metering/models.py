@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import uuid6
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -40,6 +43,11 @@ class Price(models.Model):
         max_digits=12, decimal_places=6, help_text="USD per 1M input tokens served from the prefix cache"
     )
     output_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD per 1M output tokens")
+    # Work sent through the Batch API can wait, so it is served when GPUs are idle, and priced lower.
+    batch_discount_percent = models.DecimalField(
+        max_digits=5, decimal_places=2, default=Decimal(50),
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(100))],
+        help_text="Discount on the token prices for requests sent as Batch API lines (0-100)")
 
     class Meta:
         ordering = ["model", "-effective_from"]
@@ -164,6 +172,7 @@ class UsageRecord(models.Model):
     downgraded = models.BooleanField(default=False)
     discarded = models.BooleanField(default=False, help_text="The answer was thrown away (escalated).")
     retry_attempt = models.PositiveSmallIntegerField(default=0, help_text="0 for the first try, 1.. for retries.")
+    batch_id = models.CharField(max_length=64, blank=True, help_text="The Batch API batch this line belongs to.")
 
     # Outbox state. A batch is claimed (ship_batch set) before it is sent, so a
     # replay after a crash re-sends exactly the same rows with the same dedup token.

@@ -32,6 +32,7 @@ class CatalogEntry:
     input_per_mtok: Decimal
     cached_input_per_mtok: Decimal
     output_per_mtok: Decimal
+    batch_discount_percent: Decimal = Decimal(50)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def _load_price_book(model_name: str) -> tuple[tuple[datetime, CatalogEntry], ..
             input_per_mtok=price.input_per_mtok,
             cached_input_per_mtok=price.cached_input_per_mtok,
             output_per_mtok=price.output_per_mtok,
+            batch_discount_percent=price.batch_discount_percent,
         ))
         for price in prices
     )
@@ -96,6 +98,12 @@ def cost_of_tokens(
     input_cost = (uncached * entry.input_per_mtok + cached_input_tokens * entry.cached_input_per_mtok) / PER_MILLION
     output_cost = output_tokens * entry.output_per_mtok / PER_MILLION
     return TokenCost(input=quantize_money(input_cost), output=quantize_money(output_cost))
+
+
+def at_batch_discount(entry: CatalogEntry, cost: TokenCost) -> TokenCost:
+    """``cost`` for a Batch API line: each part less the price's batch discount, rounded as any cost is."""
+    keep = (Decimal(100) - entry.batch_discount_percent) / Decimal(100)
+    return TokenCost(input=quantize_money(cost.input * keep), output=quantize_money(cost.output * keep))
 
 
 def active_catalog() -> list[CatalogModel]:

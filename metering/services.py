@@ -55,6 +55,7 @@ class UsageDraft:
     # True when this attempt's answer was thrown away for a stronger model's (escalation cost).
     discarded: bool = False
     retry_attempt: int = 0
+    batch_id: str = ""  # the Batch API batch, for a batch line's attempts
     # Counterfactual: what a cache hit would have cost had it been generated (set by the cache).
     savings_cache: Decimal = Decimal(0)
     savings_tokens: Decimal = Decimal(0)
@@ -159,6 +160,7 @@ def ledger_row(draft: UsageDraft) -> UsageRecord:
         downgraded=draft.downgraded,
         discarded=draft.discarded,
         retry_attempt=draft.retry_attempt,
+        batch_id=draft.batch_id,
     )
 
 

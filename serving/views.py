@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from importlib import import_module
 
 from django.conf import settings
 from opentelemetry import trace
@@ -323,6 +324,15 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
     return _error_response(error, new_request_id(), path=request.url.path)
 
 
+def extra_routes() -> list[Route]:
+    """Routes apps above serving add to /v1 (TOLLGATE_GATEWAY_EXTRA_ROUTES), so serving never imports them."""
+    routes: list[Route] = []
+    for path in settings.TOLLGATE_GATEWAY_EXTRA_ROUTES:
+        module, _, name = path.rpartition(".")
+        routes.extend(getattr(import_module(module), name))
+    return routes
+
+
 # Every method reaches the endpoints (TRACE and CONNECT too), which answer a wrong one with OpenAI's 405.
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT"]
 
@@ -334,6 +344,7 @@ gateway = Starlette(
         Route("/v1/embeddings", embeddings, methods=ALL_METHODS),
         Route("/v1/models", models, methods=ALL_METHODS),
         Route("/v1/models/{model_id:path}", models, methods=ALL_METHODS),
+        *extra_routes(),
         Route("/v1/{path:path}", not_found, methods=ALL_METHODS),
     ],
     exception_handlers={HTTPException: http_error, Exception: internal_error},

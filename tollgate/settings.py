@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "metering",
     "budgets",
     "serving",
+    "batches",
     "dashboards",
     "demo",
 ]
@@ -262,6 +263,15 @@ TOLLGATE_EMBEDDINGS_STAGES = [
     "serving.stages.reserve_budget",
     "serving.stages.embed",
 ]
+# The Batch API (batches/): the largest input file and the most requests in one, how many lines of a batch
+# run at once, and the Celery priority of batch tasks (low: interactive work's tasks go first).
+TOLLGATE_BATCH_FILE_MAX_BYTES = env_int("TOLLGATE_BATCH_FILE_MAX_BYTES", 50 * 1024 * 1024)
+TOLLGATE_BATCH_MAX_LINES = env_int("TOLLGATE_BATCH_MAX_LINES", 50_000)
+TOLLGATE_BATCH_CONCURRENCY = env_int("TOLLGATE_BATCH_CONCURRENCY", 4)
+TOLLGATE_BATCH_TASK_PRIORITY = env_int("TOLLGATE_BATCH_TASK_PRIORITY", 9)
+# Routes other apps add to the /v1 gateway (dotted paths to lists of Starlette routes), before its catch-all:
+# apps above serving (the Batch API) plug in here, so serving never imports them.
+TOLLGATE_GATEWAY_EXTRA_ROUTES = ["batches.api.routes"]
 # Which engine serves models without a deployment: "cpu" runs the CPU engine in this process, "none" none.
 TOLLGATE_ENGINE = env("TOLLGATE_ENGINE", "cpu")
 TOLLGATE_CPU_MAX_NUM_SEQS = env_int("TOLLGATE_CPU_MAX_NUM_SEQS", 32)

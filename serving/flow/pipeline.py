@@ -40,7 +40,7 @@ from .. import errors
 from ..errors import ErrorResponse
 from ..protocol import ChatCompletionChunk, ChatCompletionResponse, CompletionResponse, EmbeddingResponse
 from ..stages import generate, idempotency, respond, settle
-from .context import CHAT, COMPLETIONS, EMBEDDINGS, RequestContext, new_request_id
+from .context import CHAT, COMPLETIONS, EMBEDDINGS, RequestContext
 
 
 @dataclass
@@ -303,9 +303,12 @@ async def serve_completions(ctx: RequestContext) -> CompletionsOutcome:
 
 
 def _one_prompt(ctx: RequestContext, index: int) -> RequestContext:
-    """A context for the ``index``-th prompt alone: same caller and options, nothing decided yet."""
+    """A context for the ``index``-th prompt alone: same caller and options, nothing decided yet.
+
+    Its request id is the request's own with the prompt's index (so a batch line's parts are known on a
+    replay, as the line's own id is)."""
     return dataclasses.replace(
-        ctx, request=ctx.request.for_prompt(index), request_id=new_request_id(), attempts=[],
+        ctx, request=ctx.request.for_prompt(index), request_id=f"{ctx.request_id}-{index}", attempts=[],
         response_headers=dict(ctx.response_headers), token_savings=[], on_answered=[], on_failed=[],
     )
 

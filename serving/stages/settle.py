@@ -88,7 +88,7 @@ def _base_draft(ctx: RequestContext) -> UsageDraft:
         request_id=ctx.request_id, org_id=tenant.org_id, created_at=ctx.received_at,
         model_requested=ctx.request.model, feature=tenant.feature_slug, api_key_id=tenant.api_key_id,
         user_id=tenant.user_id, trace_id=ctx.trace_id, endpoint=ctx.endpoint,
-        streamed=bool(getattr(ctx.request, "stream", False)),
+        streamed=bool(getattr(ctx.request, "stream", False)), batch_id=ctx.batch_id,
     )
 
 
@@ -117,7 +117,7 @@ def _attempt_draft(ctx: RequestContext, attempt: Attempt) -> UsageDraft:
             draft.input_tokens = result.prompt_tokens
             draft.engine_seconds = result.engine_seconds
             draft.queue_wait_ms += result.queue_seconds * 1000.0
-            draft.cost_input = pricing.cost_of_tokens(entry, input_tokens=result.prompt_tokens, output_tokens=0).input
+            draft.cost_input = _token_cost(ctx, entry, input_tokens=result.prompt_tokens, output_tokens=0).input
         return draft
     draft.pool, draft.replica = attempt.pool, attempt.replica
     if result is None:
@@ -134,7 +134,13 @@ def _attempt_draft(ctx: RequestContext, attempt: Attempt) -> UsageDraft:
         if result.completion_tokens > 1:
             draft.tpot_ms = (draft.duration_ms - draft.ttft_ms) / (result.completion_tokens - 1)
     # Failed attempts are priced too: metering records that as retry cost and bills nothing for it.
-    cost = pricing.cost_of_tokens(entry, input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens,
-                                  cached_input_tokens=result.cached_prompt_tokens)
+    cost = _token_cost(ctx, entry, input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens,
+                       cached_input_tokens=result.cached_prompt_tokens)
     draft.cost_input, draft.cost_output = cost.input, cost.output
     return draft
+
+
+def _token_cost(ctx: RequestContext, entry: pricing.CatalogEntry, **tokens) -> pricing.TokenCost:
+    """The attempt's tokens at the price book's price; a batch line's at its batch discount."""
+    cost = pricing.cost_of_tokens(entry, **tokens)
+    return pricing.at_batch_discount(entry, cost) if ctx.batch_id else cost
