@@ -17,7 +17,10 @@ in a thread stopped, ``manage.py resume_batches``) is safe:
   stopped in between) is found in the ledger and not run again: it goes to
   the error file as ``line_interrupted``, billed once;
 * a line that was running when the process stopped and never settled had
-  nothing billed (its budget hold expires), and simply runs again.
+  nothing billed (its budget hold expires), and simply runs again;
+* one runner at a time per batch: a second run of the same batch while the
+  first still runs (a task redelivered early, ``resume_batches`` beside a
+  worker) returns at once (``_sole_runner``), so no line runs twice at once.
 
 Cancelling stops new lines from starting; lines already running finish and
 are billed, and what ran is in the output file.
@@ -26,11 +29,13 @@ are billed, and what ran is in the output file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -63,6 +68,7 @@ ENDPOINTS = {
     "/v1/embeddings": LineEndpoint(EmbeddingRequest, serve_embeddings_blocking),
 }
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
+EXPIRED_LINE = "batch_expired"  # the error code of a line the completion window ended before
 # Namespace of the request ids derived for batch lines (uuid5 of batch id and custom_id).
 LINE_REQUEST_NAMESPACE = uuid.UUID("6a1f3c1e-2b7d-5e4a-9c0f-7d2e8b1a4c55")
 
@@ -265,7 +271,52 @@ def _run_in_thread(batch_id: str) -> None:
 
 
 def run_batch(batch_id: str) -> Batch:
-    """Run every line of the batch that has not run yet, then write its output and error files."""
+    """Run every line of the batch that has not run yet, then write its output and error files.
+
+    Returns the batch as it is without running anything when another runner has it.
+    """
+    with _sole_runner(batch_id) as sole:
+        if not sole:
+            return Batch.objects.get(pk=batch_id)
+        return _run_batch(batch_id)
+
+
+_running_here: set[str] = set()
+_running_here_lock = threading.Lock()
+
+
+@contextmanager
+def _sole_runner(batch_id: str):
+    """Whether this is the batch's only runner, for as long as the block runs.
+
+    On PostgreSQL a session advisory lock, taken without waiting: it is the database's, so it holds across
+    processes, and a runner whose process dies loses it with its connection. SQLite (the embedded default)
+    has one web process, so a set in this process does.
+    """
+    if connection.vendor != "postgresql":
+        with _running_here_lock:
+            sole = batch_id not in _running_here
+            _running_here.add(batch_id)
+        try:
+            yield sole
+        finally:
+            if sole:
+                with _running_here_lock:
+                    _running_here.discard(batch_id)
+        return
+    key = int.from_bytes(hashlib.sha256(batch_id.encode()).digest()[:8], "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        sole = cursor.fetchone()[0]
+    try:
+        yield sole
+    finally:
+        if sole:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def _run_batch(batch_id: str) -> Batch:
     now = timezone.now()
     Batch.objects.filter(pk=batch_id, status=Batch.Status.VALIDATING).update(status=Batch.Status.IN_PROGRESS,
                                                                              in_progress_at=now)
@@ -291,7 +342,7 @@ def _run_line_in_worker(batch_id: str, line_pk: int, tenant: TenantContext) -> N
             run_line(batch_id, line_pk, tenant)
         elif stopping == Batch.Status.EXPIRED:
             _record(batch_id, line_pk, BatchLine.Status.FAILED, None,
-                    {"error": {"code": "batch_expired", "message": "This line was not run before the batch's "
+                    {"error": {"code": EXPIRED_LINE, "message": "This line was not run before the batch's "
                                "completion window ended."}})
     finally:
         connection.close()
@@ -352,7 +403,8 @@ def finalize_batch(batch_id: str) -> Batch:
             return batch
         now = timezone.now()
         final = _stop_reason(batch_id) or Batch.Status.COMPLETED
-        if final == Batch.Status.EXPIRED and not batch.lines.filter(status=BatchLine.Status.PENDING).exists():
+        if final == Batch.Status.EXPIRED and not batch.lines.filter(
+                status=BatchLine.Status.FAILED, response__error__code=EXPIRED_LINE).exists():
             final = Batch.Status.COMPLETED  # every line ran in time; the window ended while finishing
         batch.status, batch.finalizing_at = Batch.Status.FINALIZING, now
         batch.output_file = _results_file(batch, BatchLine.Status.COMPLETED, "output")

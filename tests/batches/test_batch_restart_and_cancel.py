@@ -82,3 +82,36 @@ def test_cancel_stops_new_lines_and_bills_what_ran(openai_client, settings):
     assert BatchLine.objects.filter(batch_id=created.id, status=BatchLine.Status.PENDING).count() == 30 - ran
     # A cancelled batch stays cancelled: cancelling again changes nothing.
     assert openai_client.batches.cancel(created.id).status == "cancelled"
+
+
+def test_two_runs_of_the_same_batch_at_once_run_each_line_once(openai_client, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(services, "start_batch", lambda batch_id: None)
+    created = run_batch(openai_client, [chat_line(f"t{i}", max_tokens=12) for i in range(6)])
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(run_batch_task.apply, args=[created.id]) for _ in range(2)]
+        statuses = sorted(run.result(timeout=120).get() for run in runs)
+
+    assert "completed" in statuses
+    batch = wait_for_end(openai_client, created.id)
+    assert batch.request_counts.completed == 6 and len(billed_rows(created.id)) == 6
+
+
+def test_lines_not_run_within_the_completion_window_expire_into_the_error_file(openai_client, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    monkeypatch.setattr(services, "start_batch", lambda batch_id: None)
+    created = run_batch(openai_client, [chat_line("late-1"), chat_line("late-2")])
+    Batch.objects.filter(pk=created.id).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    run_batch_task.apply(args=[created.id])
+
+    batch = openai_client.batches.retrieve(created.id)
+    assert batch.status == "expired" and batch.expired_at and batch.output_file_id is None
+    expired = results(openai_client, batch.error_file_id)
+    assert {line["error"]["code"] for line in expired.values()} == {"batch_expired"} and len(expired) == 2
+    assert not UsageRecord.objects.filter(batch_id=created.id).exists()
