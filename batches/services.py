@@ -49,6 +49,7 @@ from serving import errors
 from serving.flow.context import RequestContext
 from serving.flow.pipeline import serve_chat_blocking, serve_completions_blocking, serve_embeddings_blocking
 from serving.protocol import ChatCompletionRequest, EmbeddingRequest, TextCompletionRequest, parse_request
+from tenants.models import ApiKey
 from tenants.services import TenantContext
 
 from .models import Batch, BatchFile, BatchLine
@@ -338,7 +339,11 @@ def _run_line_in_worker(batch_id: str, line_pk: int, tenant: TenantContext) -> N
     close_old_connections()
     try:
         stopping = _stop_reason(batch_id)
-        if stopping is None:
+        if stopping is None and not _key_is_active(tenant.api_key_id):
+            # The key was revoked or expired since the batch was created: what it sent is no longer served.
+            error = errors.InvalidApiKey("The API key that created this batch was revoked or has expired.")
+            _record(batch_id, line_pk, BatchLine.Status.FAILED, error.status, error.body())
+        elif stopping is None:
             run_line(batch_id, line_pk, tenant)
         elif stopping == Batch.Status.EXPIRED:
             _record(batch_id, line_pk, BatchLine.Status.FAILED, None,
@@ -346,6 +351,11 @@ def _run_line_in_worker(batch_id: str, line_pk: int, tenant: TenantContext) -> N
                                "completion window ended."}})
     finally:
         connection.close()
+
+
+def _key_is_active(api_key_id: int) -> bool:
+    key = ApiKey.objects.filter(pk=api_key_id).only("revoked_at", "expires_at").first()
+    return key is not None and key.is_active
 
 
 def _stop_reason(batch_id: str) -> str | None:

@@ -115,3 +115,17 @@ def test_lines_not_run_within_the_completion_window_expire_into_the_error_file(o
     expired = results(openai_client, batch.error_file_id)
     assert {line["error"]["code"] for line in expired.values()} == {"batch_expired"} and len(expired) == 2
     assert not UsageRecord.objects.filter(batch_id=created.id).exists()
+
+
+def test_lines_of_a_batch_whose_key_was_revoked_are_not_served(openai_client, tenant, monkeypatch):
+    from tenants.services import revoke_api_key
+
+    monkeypatch.setattr(services, "start_batch", lambda batch_id: None)
+    created = run_batch(openai_client, [chat_line("r1"), chat_line("r2")])
+    revoke_api_key(tenant.key)
+
+    run_batch_task.apply(args=[created.id])
+
+    lines = {line.custom_id: line for line in BatchLine.objects.filter(batch_id=created.id)}
+    assert {line.status_code for line in lines.values()} == {401}
+    assert not UsageRecord.objects.filter(batch_id=created.id).exists()
