@@ -73,6 +73,10 @@ USAGE_EVENTS_ADDED_COLUMNS = [
     "discarded Bool DEFAULT false",
     "retry_attempt UInt16 DEFAULT 0",
     "tpot_ms Nullable(Float64)",
+    "route_tier Nullable(UInt8)",
+    "route_model LowCardinality(String) DEFAULT ''",
+    "route_reason LowCardinality(String) DEFAULT ''",
+    "route_score Nullable(Float32)",
 ]
 
 # Hourly rollup by org × feature × model × pool: what dashboards and the usage

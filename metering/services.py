@@ -55,6 +55,12 @@ class UsageDraft:
     # True when this attempt's answer was thrown away for a stronger model's (escalation cost).
     discarded: bool = False
     retry_attempt: int = 0
+    # The routing decision (see UsageRecord.route_*): tier served at, the router's model, why, and the
+    # classifier's probability (None when it did not run).
+    route_tier: int | None = None
+    route_model: str = ""
+    route_reason: str = ""
+    route_score: float | None = None
     # Counterfactual: what a cache hit would have cost had it been generated (set by the cache).
     savings_cache: Decimal = Decimal(0)
     savings_tokens: Decimal = Decimal(0)
@@ -159,6 +165,10 @@ def ledger_row(draft: UsageDraft) -> UsageRecord:
         downgraded=draft.downgraded,
         discarded=draft.discarded,
         retry_attempt=draft.retry_attempt,
+        route_tier=draft.route_tier,
+        route_model=draft.route_model,
+        route_reason=draft.route_reason,
+        route_score=draft.route_score,
     )
 
 

@@ -87,6 +87,17 @@ class ModelNotFound(OpenAIError):
     code = "model_not_found"
 
 
+class ModelNotAllowed(OpenAIError):
+    """The org's routing policy does not let this request use the model it named."""
+
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message, param="model", code=code)
+
+
 class NotFound(OpenAIError):
     status = 404
     type = "invalid_request_error"

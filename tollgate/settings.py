@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "tenants",
     "metering",
     "budgets",
+    "routing",
     "serving",
     "dashboards",
     "demo",
@@ -225,6 +226,8 @@ SERVE_ENGINE_LOG_LEVEL = env("UVICORN_LOG_LEVEL", "warning")
 TOLLGATE_MAX_REQUEST_BYTES = env_int("TOLLGATE_MAX_REQUEST_BYTES", 1_048_576)
 TOLLGATE_DEFAULT_MAX_TOKENS = env_int("TOLLGATE_DEFAULT_MAX_TOKENS", 64)
 TOLLGATE_MAX_TOKENS_LIMIT = env_int("TOLLGATE_MAX_TOKENS_LIMIT", 1024)
+# The tier classifier `model: "auto"` uses (routing/classifier.py); empty: the one kept in the repository.
+TOLLGATE_ROUTER_CLASSIFIER = env("TOLLGATE_ROUTER_CLASSIFIER", "")
 # Idempotency-Key: how long a request's answer is kept for replay, and how long an unfinished first request
 # holds its key (a process that died mid-request gives it back then).
 TOLLGATE_IDEMPOTENCY_TTL_S = env_int("TOLLGATE_IDEMPOTENCY_TTL_S", 24 * 3600)

@@ -22,6 +22,7 @@ from opentelemetry import trace
 from budgets.services import CostEstimate, Reservation
 from budgets.settlement import SettledUsage
 from metering.models import UsageRecord
+from routing.services import RouteDecision
 from tenants.services import TenantContext
 
 from ..engines.base import ChatMessage, GenerationResult, GenerationStream
@@ -60,6 +61,8 @@ class Route:
 
     primary: RouteOption
     alternatives: tuple[RouteOption, ...] = ()
+    # Why the primary was chosen (chat only): recorded on the span and the usage rows.
+    decision: RouteDecision | None = None
 
     def option_for(self, model: str) -> RouteOption:
         for option in (self.primary, *self.alternatives):

@@ -84,12 +84,20 @@ def timing_attributes(draft: UsageDraft) -> dict:
 
 def _base_draft(ctx: RequestContext) -> UsageDraft:
     tenant = ctx.tenant
-    return UsageDraft(
+    draft = UsageDraft(
         request_id=ctx.request_id, org_id=tenant.org_id, created_at=ctx.received_at,
         model_requested=ctx.request.model, feature=tenant.feature_slug, api_key_id=tenant.api_key_id,
         user_id=tenant.user_id, trace_id=ctx.trace_id, endpoint=ctx.endpoint,
         streamed=bool(getattr(ctx.request, "stream", False)),
     )
+    decision = ctx.route.decision if ctx.route is not None else None
+    if decision is not None:
+        # One decision: the router's, capped by a downgrade budget when the budget chose a cheaper option.
+        downgraded = bool(ctx.reservation and ctx.reservation.downgraded)
+        draft.route_tier = ctx.served.estimate.entry.tier if downgraded else decision.tier
+        draft.route_model, draft.route_score = decision.model, decision.score
+        draft.route_reason = "budget_cap" if downgraded else decision.reason
+    return draft
 
 
 def _refusal_draft(ctx: RequestContext) -> UsageDraft:
