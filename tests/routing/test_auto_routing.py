@@ -137,3 +137,13 @@ def test_auto_with_nothing_allowed_served_is_a_404_naming_model(openai_client, t
     with pytest.raises(openai.NotFoundError) as err:
         _auto(openai_client, EXTRACTION)
     assert err.value.response.json()["error"]["param"] == "model"
+
+
+def test_a_streamed_auto_request_says_its_route_in_its_headers(openai_client):
+    with openai_client.chat.completions.with_streaming_response.create(
+            model="auto", messages=HARD_REASONING, max_tokens=2, stream=True) as stream:
+        assert stream.headers["x-tollgate-route"] == "3:classifier"
+        assert stream.headers["x-tollgate-model"] == "tollgate-large"
+        chunks = [line for line in stream.iter_lines() if line]
+    assert chunks[-1] == "data: [DONE]"
+    assert UsageRecord.objects.get().route_reason == "classifier"
