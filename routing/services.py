@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from core.memo import Memo
 
-from . import classifier, features
+from . import features
 from .models import RoutingPolicy
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,9 @@ def decide_tier(messages: Sequence[tuple[str, str]], *, json_requested: bool, to
         return TierDecision(tiers[-1], "quality_high")
     signals = features.signals_of(messages, json_requested=json_requested, tools_requested=tools_requested)
     try:
+        # Imported here: scikit-learn loads only in processes that route `auto` requests.
+        from . import classifier
+
         tier, score = classifier.get_classifier().predict(features.last_user_text(messages), signals)
         reason = "classifier"
     except Exception:  # a missing or broken classifier file must not fail requests: serve the default tier
