@@ -2,15 +2,18 @@
 
 Times, in one process and interleaved, routing.services.decide_tier over
 held-out prompts of the prompt set (each text new to the process, so every
-decision embeds) with the last user turn cut to 32, 64 (shipped), 128 and
+decision embeds) with the last user turn cut to 32 (shipped), 64, 128 and
 256 tokens, against two baselines measured in the same run: the cheap
 signals alone (tokenizer and keyword counts, no embedding) and a repeated
 prompt (the embedding comes from the per-process memo). Prints p50/p95 in
 ms and the ratio of each p50 to the signals-only p50, plus the held-out
-accuracy of a classifier trained at each cut (embeddings cached in
-routing/data/prompt_embeddings.npz for 64 only, so other cuts embed the set).
+accuracy of a classifier trained at each cut (embeddings are cached in
+routing/data/prompt_embeddings.npz for the shipped cut only, so other cuts
+embed the whole set first: minutes). ``--torch-threads`` sets torch's
+intra-op threads for the run (in the gateway that is the process's setting,
+TOLLGATE_CPU_ENGINE_THREADS where the CPU engine runs in the web process).
 
-    DJANGO_SETTINGS_MODULE=tollgate.settings .venv/bin/python bench/router_decision.py [--samples 200] [--skip-accuracy]
+    .venv/bin/python bench/router_decision.py [--samples 200] [--skip-accuracy] [--torch-threads N] [--cuts 32,64]
 """
 
 from __future__ import annotations
@@ -34,12 +37,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--cuts", default="32,64,128,256")
     args = parser.parse_args()
 
     import django
 
     django.setup()
     import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     from routing import classifier, dataset, embedding, features, services
 
@@ -50,7 +58,7 @@ def main() -> None:
     services.decide_tier([("user", "warm up")], json_requested=False, tools_requested=False, quality_high=False,
                          policy=services.DEFAULT_POLICY, served_tiers=[1, 2, 3])
 
-    cuts = (32, 64, 128, 256)
+    cuts = tuple(int(c) for c in args.cuts.split(","))
     models = {cut: classifier.train(train, cut) for cut in cuts} if not args.skip_accuracy else {}
     timings: dict[str, list[float]] = {"signals only": [], "repeated prompt (memo)": []}
     timings.update({f"decide, cut {cut}": [] for cut in cuts})
