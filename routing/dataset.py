@@ -175,7 +175,7 @@ def _paragraph(r: random.Random, sentences: int = 3) -> str:
              f"Supporters say {topic} saves money and time, while critics worry about the cost for families.",
              f"A survey by {r.choice(COMPANIES)} found that {r.randint(20, 80)} percent of residents agree.",
              f"The council will vote on the plan in {r.choice(MONTHS)}.",
-             f"Local businesses have asked for more details before the vote."]
+             "Local businesses have asked for more details before the vote."]
     return " ".join(lines[:sentences])
 
 

@@ -128,9 +128,9 @@ class RequestContext:
     partial_allowed: bool = False
     deadline: float = float("inf")  # time.monotonic()
     max_attempts: int = field(default_factory=lambda: max(1, settings.TOLLGATE_RETRY_MAX_ATTEMPTS))
-    # Token optimization (serving/stages/optimize_tokens.py): the steps this request allows (None: the
-    # defaults), and what each step that ran saved (recorded on the answering attempt's usage row).
-    token_policy: Any = None
+    # Token optimization (serving/stages/optimize_tokens.py): the steps the caller allows (None: whatever
+    # the policy runs), and what each step that ran saved (recorded on the answering attempt's usage row).
+    token_steps: frozenset[str] | None = None
     token_savings: list = field(default_factory=list)
 
     @property

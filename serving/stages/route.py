@@ -60,13 +60,23 @@ def unsupported_parameters(request: ChatCompletionRequest, engine: Engine) -> li
     return sorted(request.engine_parameters() - engine.supported_parameters)
 
 
-def _check_max_tokens(request: ChatCompletionRequest) -> int | None:
+def _check_max_tokens(ctx: RequestContext, request: ChatCompletionRequest, policy: routing.Policy) -> int | None:
+    """The output cap asked for, within the gateway's limit (else a 400) and the policy's cap.
+
+    A policy's ``max_tokens_cap`` lowers what is asked for (or the default), and says so in
+    ``X-Tollgate-Max-Tokens-Capped: <asked>-><cap>``: the answer may stop sooner than the caller asked.
+    """
     requested = request.max_output_tokens
     limit = settings.TOLLGATE_MAX_TOKENS_LIMIT
     if requested is not None and requested > limit:
         param = request.max_output_tokens_param
         raise errors.InvalidRequest(f"'{param}' must be between 1 and {limit}; got {requested}.", param=param,
                                     code="invalid_value")
+    cap = policy.max_tokens_cap
+    if cap and (requested or settings.TOLLGATE_DEFAULT_MAX_TOKENS) > cap:
+        if requested is not None:
+            ctx.response_headers["X-Tollgate-Max-Tokens-Capped"] = f"{requested}->{cap}"
+        return cap
     return requested
 
 
@@ -85,7 +95,7 @@ def route_chat(ctx: RequestContext) -> Route:
     tenant = ctx.tenant
     policy = routing.policy_for(tenant.org_id, tenant.feature_id)
     if request.model == routing.AUTO:
-        requested = _check_max_tokens(request)
+        requested = _check_max_tokens(ctx, request, policy)
         ctx.messages = ctx.messages or request.to_chat_messages()  # optimize_tokens may have set them
         primary, decision = _route_auto(ctx, request, policy, requested)
     else:
@@ -97,7 +107,7 @@ def route_chat(ctx: RequestContext) -> Route:
         unsupported = unsupported_parameters(request, engine)
         if unsupported:
             raise errors.UnsupportedParameter(unsupported[0], entry.name)
-        requested = _check_max_tokens(request)
+        requested = _check_max_tokens(ctx, request, policy)
         ctx.messages = ctx.messages or request.to_chat_messages()  # optimize_tokens may have set them
         primary = _chat_option(ctx, entry, engine, requested)
         decision = routing.RouteDecision.explicit(entry.name, entry.tier)
