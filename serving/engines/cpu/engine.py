@@ -631,20 +631,17 @@ class CpuEngine(Engine):
         return self.tokenizer.continuation_decoder() if seq.constraint is not None else self.tokenizer.decoder()
 
     # -------------------------------------------------------------- sampling
-    def _constrain(self, logits: torch.Tensor, seqs: list[_Sequence]) -> torch.Tensor:
-        """``logits`` with each constrained row's disallowed columns at -inf (a copy when any row is)."""
-        masked = None
+    def _grammar_masks(self, seqs: list[_Sequence]) -> dict[int, np.ndarray]:
+        """Row -> bool per logits column (allowed by the row's grammar), for each constrained row."""
+        masks = {}
         for i, seq in enumerate(seqs):
             constraint = seq.constraint
             if constraint is None:
                 continue
             allowed = constraint.next_mask(seq.max_tokens - seq.n_out, seq.n_out)
-            if constraint.failed:
-                continue  # nothing may follow: _on_token ends the answer with "length"
-            if masked is None:
-                masked = logits.clone()
-            masked[i].masked_fill_(torch.from_numpy(~allowed), float("-inf"))
-        return logits if masked is None else masked
+            if not constraint.failed:  # else nothing may follow: _on_token ends the answer with "length"
+                masks[i] = allowed
+        return masks
 
     def _note_logprobs(self, raw: torch.Tensor, ids: list[int], cols: list[int], seqs: list[_Sequence],
                        model: LlamaModel) -> None:
@@ -670,25 +667,28 @@ class CpuEngine(Engine):
     def _sample(self, model: LlamaModel, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
         """Next token id for each row: constrained rows masked by their grammar, logprobs noted from the raw
         logits (vLLM's default: the model's distribution, before temperature, top-p or the mask)."""
-        raw = logits
-        logits = self._constrain(logits, seqs)
-        cols = self._sample_columns(model, logits, seqs)
+        masks = self._grammar_masks(seqs)
+        cols = self._sample_columns(model, logits, seqs, masks)
         allowed = model.allowed_ids_list
         ids = [allowed[c] for c in cols]
-        self._note_logprobs(raw, ids, cols, seqs, model)
+        self._note_logprobs(logits, ids, cols, seqs, model)
         for seq, tid in zip(seqs, ids):
             if seq.constraint is not None and not seq.constraint.failed:
                 seq.constraint.accept(tid)
         return ids
 
-    def _sample_columns(self, model: LlamaModel, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
-        """Next token id for each row of ``logits`` (columns are ``model.allowed_ids``).
+    def _sample_columns(self, model: LlamaModel, logits: torch.Tensor, seqs: list[_Sequence],
+                        masks: dict[int, np.ndarray]) -> list[int]:
+        """Next logits column for each row of ``logits`` (columns are ``model.allowed_ids``).
 
         Greedy rows take the argmax. Sampled rows draw one uniform number each
         (from the request's own seeded generator when it has a seed) and invert the
         CDF of softmax(logits / temperature), optionally cut to the top-p
         nucleus. The CDF is inverted in two levels (block sums, then within
-        the chosen block) so no full-vocabulary cumsum is needed.
+        the chosen block) so no full-vocabulary cumsum is needed. A row in
+        ``masks`` only takes columns its mask allows: their weights are zeroed
+        after the exponential, never set to -inf before it (torch's exp is up to
+        30x slower on a row of -inf or underflowing values).
         """
         arr = logits.numpy()
         B, V = arr.shape
@@ -705,7 +705,13 @@ class CpuEngine(Engine):
             temps = [seqs[i].temperature for i in sampled]
             if any(t != 1.0 for t in temps):
                 sub = sub / torch.tensor(temps, dtype=torch.float32).view(-1, 1)
-            weights = (sub - sub.amax(dim=-1, keepdim=True)).exp_()  # unnormalised probabilities
+            peak = sub.amax(dim=-1, keepdim=True)
+            masked_rows = [(j, torch.from_numpy(masks[i])) for j, i in enumerate(sampled) if i in masks]
+            for j, allowed in masked_rows:
+                peak[j] = sub[j][allowed].max()  # normalise on the allowed tokens, so none underflows
+            weights = (sub - peak).exp_()  # unnormalised probabilities
+            for j, allowed in masked_rows:
+                weights[j].masked_fill_(~allowed, 0.0)
             wn = weights.numpy()
             for j, i in enumerate(sampled):
                 top_p = seqs[i].top_p
@@ -726,6 +732,9 @@ class CpuEngine(Engine):
                 if not wn[j, c] > 0.0:  # float rounding at a block edge: take the last possible token
                     c = int(np.flatnonzero(wn[j])[-1])
                 idx[i] = c
+        for i, allowed in masks.items():
+            if seqs[i].greedy:
+                idx[i] = int(np.argmax(np.where(allowed, arr[i], -np.inf)))
         return idx.tolist()
 
     # ------------------------------------------------------------- emission

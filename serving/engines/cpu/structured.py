@@ -23,7 +23,7 @@ Ending within ``max_tokens``. The model's text is meaningless, so left alone
 it writes strings and keys until the budget runs out. Every few tokens (every
 token near the end) the constraint simulates the shortest way it knows to
 close the document from where it is (prefer end-of-sequence, closing quotes,
-braces and brackets, then the shortest allowed token) and counts its tokens;
+braces and brackets, then the longest allowed token) and counts its tokens;
 once the tokens left come within a small margin of that count, the engine
 stops sampling and writes the closing path. When even that cannot close in
 time, the answer ends with finish_reason "length", as OpenAI's does.
@@ -110,8 +110,9 @@ class GrammarVocabulary:
         self.columns = np.asarray(generable_ids, dtype=np.int64)
         self.eos_column = int(np.flatnonzero(self.columns == SEP_ID)[0])
         # The closing path's preference: end of sequence first; then, inside a string, the closing quote; else
-        # the closing brace or bracket, then a quote (a key or value to write); the variant without a leading
-        # space first; then every other token, shortest text first. "Inside a string" is read off the mask:
+        # the closing brace or bracket, then a quote (a key or value to write), then a comma; the variant without a leading
+        # space first; then every other token, longest text first (a key or literal the grammar
+        # forces then takes one token, not one per letter). "Inside a string" is read off the mask:
         # only there may an ordinary word follow.
         by_text: dict[str, list[int]] = {}
         for col, tid in enumerate(generable_ids):
@@ -123,14 +124,17 @@ class GrammarVocabulary:
 
         self.word_column = by_text[" the"][0]
 
-        def order(preferred: list[int]) -> np.ndarray:
-            taken = set(preferred)
-            rest = sorted((c for c in range(len(generable_ids)) if c not in taken),
-                          key=lambda c: (len(texts[generable_ids[c]]), c))
-            return np.asarray(preferred + rest, dtype=np.int64)
-
-        self.closing_order = order([self.eos_column, *variants("}", "]", '"')])
-        self.closing_order_in_string = order([self.eos_column, *variants('"', "}", "]")])
+        # The comma last: it ends a number (which a longest digit token would otherwise only extend).
+        self.closing_preferred = [self.eos_column, *variants("}", "]", '"', ",")]
+        self.closing_preferred_in_string = [self.eos_column, *variants('"', "}", "]")]
+        # Rank of every other column: longer text first.
+        lengths = np.asarray([len(texts[t].encode()) for t in generable_ids], dtype=np.int64)
+        self.fallback_rank = np.argsort(np.argsort(-lengths, kind="stable"), kind="stable")
+        # Masks come per tokenizer id; the logits columns are [SEP] then one contiguous id range (the
+        # tokenizer's generable ids), so a slice maps them without a 30,000-element gather.
+        tail = self.columns[1:]
+        self._tail_range = ((int(tail[0]), int(tail[-1]) + 1)
+                            if len(tail) and np.array_equal(tail, np.arange(tail[0], tail[-1] + 1)) else None)
 
         self._grammars: OrderedDict[str, str] = OrderedDict()
         self._grammars_lock = threading.Lock()
@@ -200,6 +204,17 @@ class GrammarVocabulary:
     def constraint(self, response_format: dict) -> "GrammarConstraint":
         return GrammarConstraint(self, self.grammar_for(response_format))
 
+    def columns_of(self, bitmask: np.ndarray) -> np.ndarray:
+        """A token bitmask (int32 words, one bit per tokenizer id) as a bool per logits column."""
+        bits = np.unpackbits(bitmask.view(np.uint8), bitorder="little").view(bool)
+        if self._tail_range is None:
+            return bits[self.columns]
+        start, stop = self._tail_range
+        out = np.empty(len(self.columns), dtype=bool)
+        out[0] = bits[self.columns[0]]
+        out[1:] = bits[start:stop]
+        return out
+
 
 class _TokenizerShim:
     """What llguidance.TokenizerWrapper reads: the byte table, special ids and a tokenize callable."""
@@ -233,15 +248,18 @@ class GrammarConstraint:
     def allowed(self) -> np.ndarray:
         """Bool per logits column: may the next token be that column's token?"""
         llg_numpy.fill_next_token_bitmask(self.matcher, self._bitmask)
-        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
-        return bits[self.vocabulary.columns].astype(bool)
+        return self.vocabulary.columns_of(self._bitmask)
 
     def _closing_pick(self, allowed: np.ndarray) -> int | None:
         vocabulary = self.vocabulary
-        order = vocabulary.closing_order_in_string if allowed[vocabulary.word_column] else vocabulary.closing_order
-        hits = allowed[order]
-        i = int(np.argmax(hits))
-        return int(order[i]) if hits[i] else None
+        in_string = allowed[vocabulary.word_column]
+        for col in vocabulary.closing_preferred_in_string if in_string else vocabulary.closing_preferred:
+            if allowed[col]:
+                return col
+        candidates = np.flatnonzero(allowed)
+        if not len(candidates):
+            return None
+        return int(candidates[np.argmin(vocabulary.fallback_rank[candidates])])
 
     def tokens_to_close(self, limit: int) -> int | None:
         """Tokens of the closing path from here, end-of-sequence included (None: not within ``limit``)."""
