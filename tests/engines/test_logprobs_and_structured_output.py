@@ -137,9 +137,9 @@ def test_json_mode_returns_a_parseable_json_object_from_every_served_model(opena
         assert completion.usage.completion_tokens <= 48
 
 
-@pytest.mark.parametrize("max_tokens", [40, 120])
+@pytest.mark.parametrize("max_tokens", [40, 96])
 def test_json_schema_output_conforms_to_the_schema_and_ends_within_max_tokens(openai_client, max_tokens):
-    for seed in (1, 2, 3):
+    for seed in (1, 2):
         completion = openai_client.chat.completions.create(
             model=MINI, messages=MESSAGES, max_tokens=max_tokens, seed=seed, response_format=person_format())
         choice = completion.choices[0]

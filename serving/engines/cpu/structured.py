@@ -41,10 +41,12 @@ import numpy as np
 
 from .tokenizer import SEP_ID, ChatTokenizer
 
-# Simulate the closing path every CHECK_EVERY tokens, and at every token once the tokens left are within
-# CHECK_MARGIN of the last estimate; close once they are within CLOSE_MARGIN (one token can open a few
-# structures at once, e.g. '{"' or '[[', so the estimate can grow by a few per token).
-CHECK_EVERY = 8
+# How often to simulate the closing path, by how many tokens are left beyond the last estimate: every 16
+# tokens while far, every 4 within 32, every token within 8. Close once the tokens left are within
+# CLOSE_MARGIN of the estimate (one token can open a few structures at once, e.g. '{"' or '[[', so the
+# estimate can grow by a few per token). Simulating costs ~30 us a token of the path.
+CHECK_SCHEDULE = ((8, 1), (32, 4))
+CHECK_EVERY_FAR = 16
 CHECK_MARGIN = 32
 CLOSE_MARGIN = 3
 # Never simulate a closing path longer than this (the grammar may need a long required literal).
@@ -122,11 +124,11 @@ class GrammarVocabulary:
         def variants(*chars: str) -> list[int]:
             return [c for ch in chars for c in by_text.get(ch, []) + by_text.get(" " + ch, [])]
 
-        self.word_column = by_text[" the"][0]
+        self.word_id = generable_ids[by_text[" the"][0]]
 
         # The comma last: it ends a number (which a longest digit token would otherwise only extend).
-        self.closing_preferred = [self.eos_column, *variants("}", "]", '"', ",")]
-        self.closing_preferred_in_string = [self.eos_column, *variants('"', "}", "]")]
+        self.closing_preferred = [(c, generable_ids[c]) for c in [self.eos_column, *variants("}", "]", '"', ",")]]
+        self.closing_preferred_in_string = [(c, generable_ids[c]) for c in [self.eos_column, *variants('"', "}", "]")]]
         # Rank of every other column: longer text first.
         lengths = np.asarray([len(texts[t].encode()) for t in generable_ids], dtype=np.int64)
         self.fallback_rank = np.argsort(np.argsort(-lengths, kind="stable"), kind="stable")
@@ -245,18 +247,27 @@ class GrammarConstraint:
         self.close_estimate = 0  # tokens the closing path took at the last simulation
         self.failed = False  # the grammar allows no token (cannot go on): the answer ends with "length"
 
+    def _fill(self) -> None:
+        llg_numpy.fill_next_token_bitmask(self.matcher, self._bitmask)
+
     def allowed(self) -> np.ndarray:
         """Bool per logits column: may the next token be that column's token?"""
-        llg_numpy.fill_next_token_bitmask(self.matcher, self._bitmask)
+        self._fill()
         return self.vocabulary.columns_of(self._bitmask)
 
-    def _closing_pick(self, allowed: np.ndarray) -> int | None:
+    def _closing_pick(self) -> int | None:
+        """The closing path's next column from the freshly filled bitmask (None: no token allowed)."""
         vocabulary = self.vocabulary
-        in_string = allowed[vocabulary.word_column]
-        for col in vocabulary.closing_preferred_in_string if in_string else vocabulary.closing_preferred:
-            if allowed[col]:
+        words = self._bitmask[0]
+
+        def allows(tid: int) -> int:  # one bit of the mask, without unpacking all 30,000
+            return (int(words[tid >> 5]) >> (tid & 31)) & 1
+
+        in_string = allows(vocabulary.word_id)
+        for col, tid in vocabulary.closing_preferred_in_string if in_string else vocabulary.closing_preferred:
+            if allows(tid):
                 return col
-        candidates = np.flatnonzero(allowed)
+        candidates = np.flatnonzero(vocabulary.columns_of(self._bitmask))
         if not len(candidates):
             return None
         return int(candidates[np.argmin(vocabulary.fallback_rank[candidates])])
@@ -266,7 +277,8 @@ class GrammarConstraint:
         steps = 0
         try:
             while steps < limit:
-                pick = self._closing_pick(self.allowed())
+                self._fill()
+                pick = self._closing_pick()
                 if pick is None:
                     return None
                 if pick == self.vocabulary.eos_column:
@@ -279,23 +291,31 @@ class GrammarConstraint:
             if steps:
                 self.matcher.rollback(steps)
 
+    def _time_to_check(self, remaining: int, n_out: int) -> bool:
+        slack = remaining - self.close_estimate
+        every = next((e for within, e in CHECK_SCHEDULE if slack <= within), CHECK_EVERY_FAR)
+        return n_out % every == 0
+
     def next_mask(self, remaining: int, n_out: int) -> np.ndarray:
         """Allowed columns for the next token, ``remaining`` tokens (this one included) before max_tokens.
 
         In closing mode exactly one column is allowed: the closing path's next token.
         """
-        allowed = self.allowed()
-        if not self.closing and (remaining <= self.close_estimate + CHECK_MARGIN or n_out % CHECK_EVERY == 0):
+        if not self.closing and self._time_to_check(remaining, n_out):
             estimate = self.tokens_to_close(min(remaining + CHECK_MARGIN, MAX_CLOSING_PATH))
             self.close_estimate = estimate if estimate is not None else remaining + CHECK_MARGIN
             if estimate is None or remaining <= estimate + CLOSE_MARGIN:
                 self.closing = True
+        self._fill()
         if self.closing:
-            pick = self._closing_pick(allowed)
-            if pick is not None:
-                only = np.zeros_like(allowed)
+            pick = self._closing_pick()
+            only = np.zeros(len(self.vocabulary.columns), dtype=bool)
+            if pick is None:
+                self.failed = True
+            else:
                 only[pick] = True
-                return only
+            return only
+        allowed = self.vocabulary.columns_of(self._bitmask)
         if not allowed.any():
             self.failed = True
         return allowed
