@@ -706,12 +706,21 @@ class CpuEngine(Engine):
             if any(t != 1.0 for t in temps):
                 sub = sub / torch.tensor(temps, dtype=torch.float32).view(-1, 1)
             peak = sub.amax(dim=-1, keepdim=True)
-            masked_rows = [(j, torch.from_numpy(masks[i])) for j, i in enumerate(sampled) if i in masks]
-            for j, allowed in masked_rows:
-                peak[j] = sub[j][allowed].max()  # normalise on the allowed tokens, so none underflows
+            masked = [(j, i) for j, i in enumerate(sampled) if i in masks]
+            every_row = len(masked) == len(sampled)  # all constrained: no row copies needed
+            if masked:
+                rows = torch.tensor([j for j, _ in masked], dtype=torch.long)
+                allowed = torch.from_numpy(np.stack([masks[i] for _, i in masked]))
+                # Normalise on the allowed tokens, so none of them underflows.
+                own = sub if every_row else sub.index_select(0, rows)
+                own_peak = torch.where(allowed, own, float("-inf")).amax(dim=-1, keepdim=True)
+                peak = own_peak if every_row else peak.index_copy_(0, rows, own_peak)
             weights = (sub - peak).exp_()  # unnormalised probabilities
-            for j, allowed in masked_rows:
-                weights[j].masked_fill_(~allowed, 0.0)
+            if masked:
+                if every_row:
+                    weights.masked_fill_(~allowed, 0.0)
+                else:
+                    weights.index_copy_(0, rows, weights.index_select(0, rows).masked_fill_(~allowed, 0.0))
             wn = weights.numpy()
             for j, i in enumerate(sampled):
                 top_p = seqs[i].top_p

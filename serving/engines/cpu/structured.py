@@ -41,11 +41,12 @@ import numpy as np
 
 from .tokenizer import SEP_ID, ChatTokenizer
 
-# How often to simulate the closing path, by how many tokens are left beyond the last estimate: every 16
-# tokens while far, every 4 within 32, every token within 8. Close once the tokens left are within
-# CLOSE_MARGIN of the estimate (one token can open a few structures at once, e.g. '{"' or '[[', so the
-# estimate can grow by a few per token). Simulating costs ~30 us a token of the path.
-CHECK_SCHEDULE = ((8, 1), (32, 4))
+# How often to simulate the closing path: when the tokens left exceed the last estimate by a slack, the
+# next check is due after slack / GROWTH_PER_TOKEN tokens (at most CHECK_EVERY_FAR), since one token
+# rarely lengthens the path by more than that (e.g. '{"' or '[['); every token once the slack is small.
+# Close once the tokens left are within CLOSE_MARGIN of the estimate. A simulation costs ~30-100 us per
+# token of the path, so checking every token would cost more than the decode step itself.
+GROWTH_PER_TOKEN = 3
 CHECK_EVERY_FAR = 16
 CHECK_MARGIN = 32
 CLOSE_MARGIN = 3
@@ -235,7 +236,7 @@ class _TokenizerShim:
 class GrammarConstraint:
     """One sequence's grammar state: the mask of allowed logits columns, the tokens it took, closing."""
 
-    __slots__ = ("vocabulary", "matcher", "_bitmask", "closing", "close_estimate", "failed")
+    __slots__ = ("vocabulary", "matcher", "_bitmask", "closing", "close_estimate", "failed", "_next_check")
 
     def __init__(self, vocabulary: GrammarVocabulary, grammar: str):
         self.vocabulary = vocabulary
@@ -246,6 +247,7 @@ class GrammarConstraint:
         self.closing = False  # writing the closing path instead of sampling
         self.close_estimate = 0  # tokens the closing path took at the last simulation
         self.failed = False  # the grammar allows no token (cannot go on): the answer ends with "length"
+        self._next_check = 0  # n_out at which to simulate the closing path again
 
     def _fill(self) -> None:
         llg_numpy.fill_next_token_bitmask(self.matcher, self._bitmask)
@@ -277,6 +279,12 @@ class GrammarConstraint:
         steps = 0
         try:
             while steps < limit:
+                forced = self.matcher.compute_ff_tokens()  # a run only the grammar decides (a key): one call
+                if forced:
+                    if not self.matcher.consume_tokens(forced):
+                        return None
+                    steps += len(forced)
+                    continue
                 self._fill()
                 pick = self._closing_pick()
                 if pick is None:
@@ -292,9 +300,7 @@ class GrammarConstraint:
                 self.matcher.rollback(steps)
 
     def _time_to_check(self, remaining: int, n_out: int) -> bool:
-        slack = remaining - self.close_estimate
-        every = next((e for within, e in CHECK_SCHEDULE if slack <= within), CHECK_EVERY_FAR)
-        return n_out % every == 0
+        return n_out >= self._next_check
 
     def next_mask(self, remaining: int, n_out: int) -> np.ndarray:
         """Allowed columns for the next token, ``remaining`` tokens (this one included) before max_tokens.
@@ -306,6 +312,8 @@ class GrammarConstraint:
             self.close_estimate = estimate if estimate is not None else remaining + CHECK_MARGIN
             if estimate is None or remaining <= estimate + CLOSE_MARGIN:
                 self.closing = True
+            slack = remaining - self.close_estimate - CLOSE_MARGIN
+            self._next_check = n_out + min(CHECK_EVERY_FAR, max(1, slack // GROWTH_PER_TOKEN))
         self._fill()
         if self.closing:
             pick = self._closing_pick()
