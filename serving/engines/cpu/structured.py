@@ -104,8 +104,9 @@ class GrammarVocabulary:
         self.token_bytes = token_bytes
         self.producible = set("".join(texts[i] for i in generable_ids if i != SEP_ID))
         self._lookup: dict[bytes, int] = {}
+        special_ids = set(special)
         for i, b in enumerate(token_bytes):
-            if i not in special:
+            if i not in special_ids:
                 self._lookup.setdefault(b, i)
         self._longest = max(len(b) for b in self._lookup)
         wrapper = _TokenizerShim(token_bytes, special, self.greedy_tokenize)
