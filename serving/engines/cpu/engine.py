@@ -291,7 +291,7 @@ class CpuEngine(Engine):
         return self._busy_seconds
 
     def grammar_vocabulary(self) -> GrammarVocabulary:
-        """The vocabulary as the grammar library sees it (built on the first structured request, ~0.2 s)."""
+        """The vocabulary as the grammar library sees it (built on the first structured request, ~0.5 s)."""
         if self._grammar_vocabulary is None:
             with self._grammar_lock:
                 if self._grammar_vocabulary is None:

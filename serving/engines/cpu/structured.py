@@ -83,7 +83,7 @@ class GrammarVocabulary:
     """The engine's tokens as llguidance sees them, plus what constrained sampling needs to map masks.
 
     ``columns``: the tokenizer id behind each logits column (the model scores only generable ids).
-    Built once per engine (about 0.2 s); thread-safe to share.
+    Built once per engine (about 0.5 s); thread-safe to share.
     """
 
     def __init__(self, tokenizer: ChatTokenizer, generable_ids: list[int]):
