@@ -167,7 +167,8 @@ def main() -> None:
         print(f"| {label} | {name} | {r['compile'] * 1e3:.2f} | {r['p50'] * 1e6:.1f} | {r['p99'] * 1e6:.1f} "
               f"| {r['n']} |")
     if len(backends) > 1:
-        print("\n| grammar | compile xgrammar/llguidance | mask p50 xgrammar/llguidance | mask p99 xgrammar/llguidance |")
+        print("\n| grammar | compile xgrammar/llguidance | mask p50 xgrammar/llguidance "
+              "| mask p99 xgrammar/llguidance |")
         print("|---|---:|---:|---:|")
         for label in GRAMMARS:
             x, g = results[(label, "xgrammar")], results[(label, "llguidance")]

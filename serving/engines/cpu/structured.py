@@ -130,8 +130,11 @@ class GrammarVocabulary:
         self.word_id = generable_ids[by_text[" the"][0]]
 
         # The comma last: it ends a number (which a longest digit token would otherwise only extend).
-        self.closing_preferred = [(c, generable_ids[c]) for c in [self.eos_column, *variants("}", "]", '"', ",")]]
-        self.closing_preferred_in_string = [(c, generable_ids[c]) for c in [self.eos_column, *variants('"', "}", "]")]]
+        def with_ids(cols: list[int]) -> list[tuple[int, int]]:
+            return [(c, generable_ids[c]) for c in cols]
+
+        self.closing_preferred = with_ids([self.eos_column, *variants("}", "]", '"', ",")])
+        self.closing_preferred_in_string = with_ids([self.eos_column, *variants('"', "}", "]")])
         # Rank of every other column: longer text first.
         lengths = np.asarray([len(texts[t].encode()) for t in generable_ids], dtype=np.int64)
         self.fallback_rank = np.argsort(np.argsort(-lengths, kind="stable"), kind="stable")
