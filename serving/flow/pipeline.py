@@ -223,10 +223,10 @@ async def _stream(ctx: RequestContext, deltas, first, own) -> AsyncIterator[Chat
         yield chunks.role()
         try:
             if first is not None:
-                if first.text:
+                if first.text or first.logprobs:
                     yield chunks.content(first)
                 async for delta in deltas:
-                    if delta.text:
+                    if delta.text or delta.logprobs:  # a token held back by a stop string still has its logprob
                         yield chunks.content(delta)
         except errors.OpenAIError as exc:
             # Headers are gone already; the error travels as an SSE event, as OpenAI does.

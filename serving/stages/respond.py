@@ -20,6 +20,7 @@ from ..protocol import (
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChatCompletionResponse,
+    ChoiceLogprobs,
     CompletionUsage,
     DeltaMessage,
     EmbeddingData,
@@ -58,9 +59,11 @@ def usage(result: GenerationResult) -> CompletionUsage:
 
 def completion(ctx: RequestContext, text: str) -> ChatCompletionResponse:
     result = ctx.attempts[-1].result
+    logprobs = ChoiceLogprobs.of(result.logprobs) if ctx.request.logprobs else None
     return ChatCompletionResponse(
         id=response_id(ctx), created=created(ctx), model=ctx.served.model, usage=usage(result),
-        choices=[ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=result.finish_reason)],
+        choices=[ChatCompletionChoice(message=AssistantMessage(content=text), logprobs=logprobs,
+                                      finish_reason=result.finish_reason)],
     )
 
 
@@ -73,6 +76,7 @@ class Chunks:
         self.created = created(ctx)
         self.model = ctx.served.model
         self.continuous = ctx.request.continuous_usage
+        self.logprobs = bool(ctx.request.logprobs)
         self.prompt_tokens = ctx.served.estimate.prompt_tokens  # counted by the route stage on this model
         self.produced = 0
 
@@ -86,7 +90,9 @@ class Chunks:
     def content(self, delta: TextDelta) -> ChatCompletionChunk:
         self.produced += delta.token_count
         running = CompletionUsage.of(self.prompt_tokens, self.produced) if self.continuous else None
-        return self._chunk([ChatCompletionChunkChoice(delta=DeltaMessage(content=delta.text))], running)
+        logprobs = ChoiceLogprobs.of(delta.logprobs) if self.logprobs else None
+        return self._chunk([ChatCompletionChunkChoice(delta=DeltaMessage(content=delta.text), logprobs=logprobs)],
+                           running)
 
     def finish(self) -> ChatCompletionChunk:
         result = self.ctx.attempts[-1].result
