@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import time
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -164,6 +165,33 @@ class ResponseFormat(RequestModel):
         return self
 
 
+class AnswerValidation(RequestModel):
+    """Tollgate's ``validation`` extension: checks the answer must pass. A routed (``model: "auto"``)
+    request that fails them is escalated to a stronger model, up to the policy's limit; any request
+    reports the verdict in ``X-Tollgate-Validation``."""
+
+    regex: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    json_schema: dict[str, Any] | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value):
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"'regex' does not compile: {exc}") from None
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _is_a_schema(cls, value):
+        try:
+            jsonschema.validators.validator_for(value).check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"'json_schema' is not a valid JSON Schema: {exc.message}"[:500]) from None
+        return value
+
+
 class SamplingFields(RequestModel):
     """Sampling parameters shared by chat and text completions."""
 
@@ -243,6 +271,7 @@ class ChatCompletionRequest(SamplingFields):
     function_call: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
     verbosity: Literal["low", "medium", "high"] | None = None  # honoured by the gateway (optimize_tokens)
+    validation: AnswerValidation | None = None  # Tollgate's extension, honoured by the gateway (escalate)
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None

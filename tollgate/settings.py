@@ -244,6 +244,9 @@ TOLLGATE_HISTORY_BUDGET_TOKENS = env_int("TOLLGATE_HISTORY_BUDGET_TOKENS", 1536)
 TOLLGATE_TOOL_OUTPUT_FIELD_CHARS = env_int("TOLLGATE_TOOL_OUTPUT_FIELD_CHARS", 2000)
 TOLLGATE_SUMMARY_MAX_TOKENS = env_int("TOLLGATE_SUMMARY_MAX_TOKENS", 96)
 TOLLGATE_SUMMARY_CACHE_TTL_S = env_int("TOLLGATE_SUMMARY_CACHE_TTL_S", 86400)
+# The unsafe-content check escalation runs (serving/validation.py): a dotted path to check(text) -> reason
+# or None. The default flags card numbers, private keys, API keys and weapon instructions.
+TOLLGATE_UNSAFE_CONTENT_CHECK = env("TOLLGATE_UNSAFE_CONTENT_CHECK", "serving.validation.default_unsafe_check")
 TOLLGATE_CHAT_STAGES = [
     "serving.stages.idempotency",
     "serving.stages.optimize_tokens",

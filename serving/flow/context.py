@@ -27,6 +27,7 @@ from tenants.services import TenantContext
 
 from ..engines.base import ChatMessage, GenerationResult, GenerationStream
 from ..protocol import ChatCompletionRequest, EmbeddingRequest
+from ..validation import Checks
 
 CHAT = "chat.completions"
 GENERATION_KINDS = (UsageRecord.AttemptKind.PRIMARY, UsageRecord.AttemptKind.RETRY,
@@ -88,6 +89,7 @@ class Attempt:
     replica: str = ""
     queue_wait_s: float = 0.0
     span: trace.Span | None = None
+    discarded: bool = False  # its answer failed validation and a stronger model's replaced it
 
     @property
     def duration_s(self) -> float:
@@ -132,6 +134,12 @@ class RequestContext:
     # the policy runs), and what each step that ran saved (recorded on the answering attempt's usage row).
     token_steps: frozenset[str] | None = None
     token_savings: list = field(default_factory=list)
+    # Validation and escalation (serving/stages/escalate.py): the checks the answer must pass (the route
+    # stage sets them from the policy and the request), how many escalations the policy allows, and the
+    # stronger option the request was escalated to, if any.
+    checks: Checks = field(default_factory=Checks)
+    escalation_limit: int = 0
+    escalated_to: RouteOption | None = None
 
     @property
     def tries(self) -> list[Attempt]:
@@ -146,7 +154,9 @@ class RequestContext:
 
     @property
     def served(self) -> RouteOption:
-        """The option the request is served on: the route's, or the one the budget downgraded it to."""
+        """The option the request is served on: an escalation's, the route's, or the budget's downgrade."""
+        if self.escalated_to is not None:
+            return self.escalated_to
         if self.reservation is not None and self.reservation.downgraded:
             # The budget's estimate, which may also cap the output (downgrade_max_tokens).
             estimate = self.reservation.estimate

@@ -36,7 +36,7 @@ from metering.tracing import tenant_attributes, tracer
 from .. import errors
 from ..errors import ErrorResponse
 from ..protocol import ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse
-from ..stages import generate, idempotency, respond, settle
+from ..stages import escalate, generate, idempotency, respond, settle
 from .context import CHAT, EMBEDDINGS, RequestContext
 
 
@@ -185,12 +185,16 @@ async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
                            response=ChatCompletionResponse.model_validate_json(ctx.replay.body))
     if ctx.request.stream:
         # The first delta before any byte is sent, so a failure before the first token is an HTTP error.
-        deltas = generate.deltas(ctx)
+        # A request that may escalate is answered (and validated) whole first, then streamed.
+        if escalate.may_escalate(ctx):
+            deltas = escalate.replayed(await _settled_if_it_fails(ctx, escalate.answer(ctx)))
+        else:
+            deltas = generate.deltas(ctx)
         first = await _settled_if_it_fails(ctx, anext(deltas, None))
         chunks = _stream(ctx, deltas, first, own)
         return ChatOutcome(headers=respond.stream_headers(ctx), chunks=chunks,
                            close=lambda: _close_stream(ctx, chunks, deltas, own))
-    text = await _settled_if_it_fails(ctx, generate.collect(ctx))
+    text = "".join(delta.text for delta in await _settled_if_it_fails(ctx, escalate.answer(ctx)))
     await settle.run(ctx)
     return ChatOutcome(headers=respond.headers(ctx), response=respond.completion(ctx, text))
 

@@ -25,7 +25,7 @@ from metering import pricing
 from metering.tracing import decision_attributes, route_attributes, tracer
 from routing import services as routing
 
-from .. import errors
+from .. import errors, validation
 from ..engines.base import Engine
 from ..flow.context import EMBEDDINGS, RequestContext, Route, RouteOption
 from ..pools import deployment_for_model, engine_for_model
@@ -117,6 +117,8 @@ def route_chat(ctx: RequestContext) -> Route:
                                   ctx.received_at):
         cheapest = _cheapest_alternative(ctx, request, primary.estimate.max_tokens, policy)
         alternatives = (cheapest,) if cheapest is not None else ()
+    ctx.checks = validation.checks_for(request, policy)
+    ctx.escalation_limit = policy.escalation_limit
     return Route(primary=primary, alternatives=alternatives, decision=decision)
 
 
@@ -210,3 +212,21 @@ def route_embeddings(ctx: RequestContext) -> Route:
             f"The model `{entry.name}` does not take 'dimensions'.", param="dimensions", code="invalid_value")
     input_tokens = embedder.count_tokens(ctx.request.texts) if hasattr(embedder, "count_tokens") else 0
     return Route(primary=RouteOption(budgets.CostEstimate(entry, input_tokens, 0), deployment))
+
+
+def escalation_option(ctx: RequestContext, current: RouteOption) -> RouteOption | None:
+    """One tier up from ``current``: the cheapest model of the lowest stronger tier the policy allows that is
+    served, takes the request's parameters and fits its prompt with the same output cap (None: none is)."""
+    tenant = ctx.tenant
+    policy = routing.policy_for(tenant.org_id, tenant.feature_id)
+    stronger = [entry for entry in budgets.downgrade_candidates(ctx.received_at)  # cheapest first
+                if entry.tier > current.estimate.entry.tier and policy.allows(entry.name)]
+    for entry in sorted(stronger, key=lambda e: e.tier):  # (a stable sort: cheapest first within a tier)
+        engine = engine_for_model(entry.name)
+        if engine is None or unsupported_parameters(ctx.request, engine):
+            continue
+        try:
+            return _chat_option(ctx, entry, engine, current.estimate.max_tokens)
+        except errors.ContextLengthExceeded:
+            continue
+    return None

@@ -115,6 +115,7 @@ def _attempt_draft(ctx: RequestContext, attempt: Attempt) -> UsageDraft:
     draft.model_served, draft.price_id = entry.name, entry.price_id
     draft.attempt_kind, draft.status, draft.error_code = attempt.kind, attempt.status, attempt.error_code
     draft.retry_attempt = attempt.retry
+    draft.discarded = attempt.discarded
     draft.duration_ms = attempt.duration_s * 1000.0
     draft.downgraded = bool(ctx.reservation and ctx.reservation.downgraded)
     result = attempt.result
