@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "tenants",
     "metering",
     "budgets",
+    "caching",
     "serving",
     "dashboards",
     "demo",
@@ -230,19 +231,29 @@ TOLLGATE_MAX_TOKENS_LIMIT = env_int("TOLLGATE_MAX_TOKENS_LIMIT", 1024)
 TOLLGATE_IDEMPOTENCY_TTL_S = env_int("TOLLGATE_IDEMPOTENCY_TTL_S", 24 * 3600)
 TOLLGATE_IDEMPOTENCY_RUNNING_S = env_int("TOLLGATE_IDEMPOTENCY_RUNNING_S", 600)
 # The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
-# always ends by settling and responding. Stages to come (token optimization, cache) go here.
+# always ends by settling and responding. The cache stages sit after route (their keys hold the served
+# model) and before reserve_budget (a hit holds no budget).
 TOLLGATE_CHAT_STAGES = [
     "serving.stages.idempotency",
     "serving.stages.route",
+    "serving.stages.cache",
     "serving.stages.reserve_budget",
     "serving.stages.generate",
 ]
 TOLLGATE_EMBEDDINGS_STAGES = [
     "serving.stages.idempotency",
     "serving.stages.route",
+    "serving.stages.embedding_cache",
     "serving.stages.reserve_budget",
     "serving.stages.embed",
 ]
+# Caches (caching/, docs/configuration.md): how long an answer is kept when neither the feature's cache
+# policy nor the caller's Cache-Control says otherwise; the semantic cache on or off for everyone; how
+# large a partition is searched exactly before an HNSW graph is built; partitions indexed per process.
+TOLLGATE_CACHE_TTL_S = env_int("TOLLGATE_CACHE_TTL_S", 24 * 3600)
+TOLLGATE_SEMANTIC_CACHE = env_bool("TOLLGATE_SEMANTIC_CACHE", True)
+TOLLGATE_SEMANTIC_EXACT_MAX = env_int("TOLLGATE_SEMANTIC_EXACT_MAX", 4096)
+TOLLGATE_SEMANTIC_PARTITIONS_IN_MEMORY = env_int("TOLLGATE_SEMANTIC_PARTITIONS_IN_MEMORY", 10_000)
 # Which engine serves models without a deployment: "cpu" runs the CPU engine in this process, "none" none.
 TOLLGATE_ENGINE = env("TOLLGATE_ENGINE", "cpu")
 TOLLGATE_CPU_MAX_NUM_SEQS = env_int("TOLLGATE_CPU_MAX_NUM_SEQS", 32)
