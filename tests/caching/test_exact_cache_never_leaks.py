@@ -15,7 +15,13 @@ from caching.services import purge
 from metering.models import UsageRecord
 from tenants.services import issue_api_key, revoke_api_key
 
+# The semantic layer is off here, so every hit and miss is the exact cache's (test_semantic_cache.py has its own).
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("cache_backend")]
+
+
+@pytest.fixture(autouse=True)
+def exact_layer_only(settings):
+    settings.TOLLGATE_SEMANTIC_CACHE = False
 
 QUESTION = [{"role": "user", "content": "What does a ledger record?"}]
 
