@@ -49,15 +49,28 @@ class _Partition:
     removed: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    building: bool = False
+
     def add(self, ids: list[int], questions: list[str], vectors: np.ndarray) -> None:
+        """Append rows (under ``lock``). Past exact search's size a graph is built on a thread of its own:
+        building one of 100k entries takes tens of seconds, and lookups stay exact (slower) meanwhile."""
         self.ids.extend(ids)
         self.questions.extend(questions)
         self.vectors = np.vstack([self.vectors, vectors])
         self.last_id = max(self.last_id, *ids)
         if self.graph is not None:
             self.graph.add(np.arange(len(self.ids) - len(ids), len(self.ids)), vectors)
-        elif len(self.ids) > settings.TOLLGATE_SEMANTIC_EXACT_MAX:
-            self.graph = build_graph(self.vectors)
+        elif len(self.ids) > settings.TOLLGATE_SEMANTIC_EXACT_MAX and not self.building:
+            self.building = True
+            threading.Thread(target=self._build_graph, args=(self.vectors,), name="semantic-index-build",
+                             daemon=True).start()
+
+    def _build_graph(self, snapshot: np.ndarray) -> None:
+        graph = build_graph(snapshot)
+        with self.lock:
+            if len(self.vectors) > len(snapshot):  # rows added while it was built
+                graph.add(np.arange(len(snapshot), len(self.vectors)), self.vectors[len(snapshot):])
+            self.graph, self.building = graph, False
 
     def nearest(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """(position, cosine similarity) of the k nearest questions, nearest first."""

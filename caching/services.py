@@ -149,6 +149,8 @@ def policy_for(org_id: int, feature: str) -> Policy:
 
 
 def _load_policy(org_id: int, feature: str) -> Policy:
+    if not settings.TOLLGATE_CACHE:
+        return Policy(exact=False, semantic=False, embeddings=False, ttl_s=0, hit_price=Decimal(0))
     rows = {row.feature: row for row in CachePolicy.objects.filter(organization_id=org_id, feature__in=[feature, ""])}
     row = rows.get(feature) or rows.get("")
     default_ttl = settings.TOLLGATE_CACHE_TTL_S

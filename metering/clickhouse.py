@@ -73,6 +73,7 @@ USAGE_EVENTS_ADDED_COLUMNS = [
     "discarded Bool DEFAULT false",
     "retry_attempt UInt16 DEFAULT 0",
     "tpot_ms Nullable(Float64)",
+    "cache_layer LowCardinality(String) DEFAULT ''",
 ]
 
 # Hourly rollup by org × feature × model × pool: what dashboards and the usage

@@ -83,6 +83,7 @@ _SHIPPED = [
     ("discarded", "discarded", pa.bool_()),
     ("retry_attempt", "retry_attempt", pa.uint16()),
     ("tpot_ms", "tpot_ms", pa.float64()),
+    ("cache_layer", "cache_layer", pa.string()),
 ]
 USAGE_COLUMNS = [column for column, _, _ in _SHIPPED]
 _LEDGER_FIELDS = [field for _, field, _ in _SHIPPED]

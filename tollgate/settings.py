@@ -247,9 +247,10 @@ TOLLGATE_EMBEDDINGS_STAGES = [
     "serving.stages.reserve_budget",
     "serving.stages.embed",
 ]
-# Caches (caching/, docs/configuration.md): how long an answer is kept when neither the feature's cache
+# Caches (caching/, docs/configuration.md): all of them on or off; how long an answer is kept when neither the feature's cache
 # policy nor the caller's Cache-Control says otherwise; the semantic cache on or off for everyone; how
 # large a partition is searched exactly before an HNSW graph is built; partitions indexed per process.
+TOLLGATE_CACHE = env_bool("TOLLGATE_CACHE", True)  # false: no request is answered from or kept in any cache
 TOLLGATE_CACHE_TTL_S = env_int("TOLLGATE_CACHE_TTL_S", 24 * 3600)
 TOLLGATE_SEMANTIC_CACHE = env_bool("TOLLGATE_SEMANTIC_CACHE", True)
 TOLLGATE_SEMANTIC_EXACT_MAX = env_int("TOLLGATE_SEMANTIC_EXACT_MAX", 4096)

@@ -104,7 +104,7 @@ def _cache_hit_draft(draft: UsageDraft, attempt: Attempt) -> UsageDraft:
                                              output_tokens=getattr(result, "completion_tokens", 0))
     draft.savings_cache = would_have_cost.input + would_have_cost.output
     draft.cost_input = result.extra.get("cache_hit_price") or Decimal(0)
-    draft.extra["cache_layer"] = result.extra.get("cache_layer", "")
+    draft.cache_layer = result.extra.get("cache_layer", "")
     return draft
 
 

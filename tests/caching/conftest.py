@@ -24,6 +24,11 @@ def cache_backend(request):
 
 
 @pytest.fixture(autouse=True)
+def response_caching_on(no_response_caching, settings):
+    settings.TOLLGATE_CACHE = True  # the default outside tests (tests/conftest.py turns it off elsewhere)
+
+
+@pytest.fixture(autouse=True)
 def no_semantic_index_from_earlier_tests():
     from caching.semantic import forget_indexes
 
