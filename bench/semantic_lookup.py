@@ -8,12 +8,12 @@ perturbed copies of stored vectors (a paraphrase of a cached question).
 Each method answers the same queries, interleaved one query at a time:
 
 * brute force: numpy matrix-vector product and argpartition (exact; the baseline);
-* usearch HNSW (what caching.semantic builds: connectivity 16, expansion 128/64);
-* hnswlib HNSW (M 16, ef_construction 128, ef 64).
+* hnswlib HNSW (what caching.semantic builds: M 16, ef_construction 128, ef 64);
+* usearch HNSW (connectivity 16, expansion 128/64).
 
 Reported: build time, p50/p99 lookup in ms, and recall@1 against brute force.
 
-    .venv/bin/python bench/semantic_lookup.py [--sizes 10000 100000] [--queries 2000]
+    .venv/bin/python bench/semantic_lookup.py [--sizes 10000 100000] [--queries 2000] [--skip usearch]
 """
 
 from __future__ import annotations
@@ -63,14 +63,16 @@ def hnswlib_index(vectors: np.ndarray):
     return lambda q: int(index.knn_query(q, k=K)[0][0][0])
 
 
-METHODS = {"brute force (numpy)": brute_force, "usearch HNSW": usearch_index, "hnswlib HNSW": hnswlib_index}
+METHODS = {"brute force (numpy)": brute_force, "hnswlib HNSW": hnswlib_index, "usearch HNSW": usearch_index}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["hnswlib", "usearch"])
     args = parser.parse_args()
+    methods = {name: make for name, make in METHODS.items() if not any(s in name for s in args.skip)}
     rng = np.random.default_rng(7)
     print("| entries | method | build s | p50 ms | p99 ms | recall@1 | p99 vs brute force |")
     print("|---:|---|---:|---:|---:|---:|---:|")
@@ -80,12 +82,12 @@ def main() -> None:
             np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         built, builds = {}, {}
-        for name, make in METHODS.items():
+        for name, make in methods.items():
             t0 = time.perf_counter()
             built[name] = make(vectors)
             builds[name] = time.perf_counter() - t0
-        timings = {name: [] for name in METHODS}
-        answers = {name: [] for name in METHODS}
+        timings = {name: [] for name in methods}
+        answers = {name: [] for name in methods}
         for q in queries:  # interleaved, so machine noise falls on every method alike
             for name, search in built.items():
                 t0 = time.perf_counter()
@@ -93,7 +95,7 @@ def main() -> None:
                 timings[name].append(time.perf_counter() - t0)
         truth = np.array(answers["brute force (numpy)"])
         base_p99 = np.percentile(timings["brute force (numpy)"], 99)
-        for name in METHODS:
+        for name in methods:
             ms = np.array(timings[name]) * 1000
             recall = float(np.mean(np.array(answers[name]) == truth))
             p99 = np.percentile(ms, 99)

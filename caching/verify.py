@@ -5,10 +5,10 @@ Sentence embeddings place near-opposites close together ("enable" and
 questions closer still ("daily" and "weekly" reports), while real
 paraphrases may score lower. So a cosine threshold only proposes a
 candidate; this module decides, on the words in which the two questions
-differ, after removing the words that only frame a question ("how can I",
-"what's the way to"):
+differ.
 
-the two questions must be about the same concepts. Each content word
+The two questions must be about the same concepts. Words that only frame a
+question ("how can I", "what's the way to") are dropped; each other word
 becomes a concept: interchangeable words share one through a small table
 (turn on = enable = activate; update = change = edit), any other word is its
 Snowball stem (so "uploads" and "uploaded" agree). A concept on one side
@@ -53,16 +53,17 @@ any some to of for in on at by with from into onto about as and or so if then th
 get got go going make let one new someone something thing things exactly actually
 """.split())
 
-# Polarity words: present on one side only, the questions ask opposite things.
+# Polarity words, as opposite pairs (a test checks that no pair shares a concept). On one side only, the
+# questions ask opposite things; every differing concept refuses a match, these name the reason.
 NEGATIONS = frozenset("not no never without none nothing nobody neither nor stop prevent".split())
 _OPPOSITE_PAIRS = """
-enable disable turn-on turn-off add remove increase decrease raise lower start end open close upload download import export
-login logout log-in log-out subscribe unsubscribe follow unfollow lock unlock show hide allow block
+enable disable turn-on turn-off add remove increase decrease raise lower start end open close
+upload download import export login logout log-in log-out subscribe unsubscribe follow unfollow lock unlock show hide allow block
 accept decline accept reject before after maximum minimum max min more less most least create delete
-install uninstall activate deactivate encrypt decrypt buy sell send receive upgrade downgrade first last old
+install uninstall activate deactivate encrypt decrypt buy sell send receive upgrade downgrade first last old new
 public private include exclude connect disconnect mute unmute pause resume archive unarchive join leave hire fire
 credit debit inbound outbound push pull read write pin unpin share unshare block unblock merge split
-visible invisible daily weekly monthly yearly annual start stop grant revoke approve deny
+visible invisible daily weekly monthly yearly start stop grant revoke approve deny
 """
 _OPPOSITES = _OPPOSITE_PAIRS.split()
 POLARITY = frozenset(_OPPOSITES)

@@ -20,6 +20,7 @@ partition; the vector is kept for storing the answer on a miss.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from caching import semantic
@@ -32,6 +33,8 @@ from .. import errors
 from ..engines.base import GenerationResult
 from ..flow.context import CHAT, Attempt, RequestContext
 from ..protocol import ChatCompletionRequest, ChatCompletionResponse
+
+logger = logging.getLogger(__name__)
 
 # Fields that do not change the answer: how it is delivered, and the caller's own labels.
 _DELIVERY_FIELDS = {"stream", "stream_options", "user", "metadata", "safety_identifier", "prompt_cache_key",
@@ -86,7 +89,8 @@ async def run(ctx: RequestContext) -> None:
     scope = CacheScope.of(ctx.tenant)
     option = ctx.route.primary
     policy = await on_thread_pool(caching.policy_for)(scope.org_id, scope.feature)
-    if not is_deterministic(request) or not (policy.exact or policy.semantic) or not (directives.may_read or directives.may_write):
+    wanted = directives.may_read or directives.may_write
+    if not (wanted and is_deterministic(request) and (policy.exact or policy.semantic)):
         ctx.response_headers[HEADER] = BYPASS
         return
     max_tokens = option.estimate.max_tokens
@@ -99,8 +103,9 @@ async def run(ctx: RequestContext) -> None:
             found = await on_thread_pool(caching.lookup_exact)(scope, option.model, exact_print, directives)
         if found is None and question is not None:
             vector = await embed_question(question[1])
-            found = await on_thread_pool(semantic.lookup)(scope, option.model, question[0], question[1], vector,
-                                                          directives)
+            if vector is not None:
+                found = await on_thread_pool(semantic.lookup)(scope, option.model, question[0], question[1],
+                                                              vector, directives)
         if found is not None:
             _answer_from_cache(ctx, found, policy.hit_price)
             return
@@ -111,10 +116,16 @@ async def run(ctx: RequestContext) -> None:
         ctx.on_answered.append(lambda body, headers: _keep(ctx, scope, policy, exact_print, question, vector, body))
 
 
-async def embed_question(text: str) -> list[float]:
+async def embed_question(text: str) -> list[float] | None:
+    """The question's vector; None when the embedder fails (the request is served without the semantic layer:
+    a cache is never a reason to fail a request)."""
     from ..engines.embeddings import get_embedder  # torch: loaded only where the semantic cache runs
 
-    return (await get_embedder().embed([text])).vectors[0]
+    try:
+        return (await get_embedder().embed([text])).vectors[0]
+    except Exception:
+        logger.exception("semantic cache: embedding the question failed; serving without the semantic layer")
+        return None
 
 
 def _answer_from_cache(ctx: RequestContext, found: caching.CachedAnswer, hit_price) -> None:

@@ -1,6 +1,7 @@
 """The usage API shows cache hits: hit rate and savings by org, feature, model and cache layer, from the
 ledger rows real requests left (shipped to ClickHouse)."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -25,7 +26,7 @@ def test_hit_rate_and_savings_by_layer(openai_client, tenant, client, clickhouse
 
     client.force_login(tenant.manager)
     now = timezone.now()
-    span = {"start": (now - timezone.timedelta(hours=1)).isoformat(), "end": (now + timezone.timedelta(hours=1)).isoformat()}
+    span = {"start": (now - timedelta(hours=1)).isoformat(), "end": (now + timedelta(hours=1)).isoformat()}
     rows = client.get("/api/usage/", {**span, "group_by": "model,cache_layer"}).json()["results"]
     by_layer = {(row["model"], row["cache_layer"]): row for row in rows}
     assert set(by_layer) == {("tollgate-mini", ""), ("tollgate-mini", "exact"), ("tollgate-mini", "semantic"),
