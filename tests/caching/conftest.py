@@ -14,6 +14,17 @@ BACKENDS = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedder_loaded():
+    """Load all-MiniLM-L6-v2 once before the first request: its first load (transformers' import and the
+    weights) can take longer than a test client's timeout on a busy machine."""
+    import asyncio
+
+    from serving.engines.embeddings import get_embedder
+
+    asyncio.run(get_embedder().embed(["warm up"]))
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def cache_backend(request):
     """Each test once per backend (the gateway's thread sees the same override: caches are reset for all)."""
