@@ -124,10 +124,12 @@ class UsageGroup(serializers.Serializer):
     day = serializers.DateField(required=False)
     key = serializers.IntegerField(required=False, help_text="API key id (0: none).")
     user = serializers.IntegerField(required=False, help_text="User id (0: none).")
+    cache_layer = serializers.CharField(required=False, help_text="exact, semantic, embedding; blank: generated.")
     requests = serializers.IntegerField()
     refused = serializers.IntegerField()
     errors = serializers.IntegerField()
     cache_hits = serializers.IntegerField()
+    cache_hit_rate = serializers.FloatField(allow_null=True, help_text="cache_hits / requests.")
     input_tokens = serializers.IntegerField()
     cached_input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
@@ -144,6 +146,9 @@ class UsageGroup(serializers.Serializer):
     savings_tokens = serializers.DecimalField(**MONEY, help_text="Counterfactual: tokens removed by optimization.")
 
     def to_representation(self, instance):
+        if "cache_hits" in instance and "requests" in instance:
+            instance = {**instance, "cache_hit_rate": instance["cache_hits"] / instance["requests"]
+                        if instance["requests"] else None}
         data = super().to_representation(instance)
         return {k: v for k, v in data.items() if k in instance}
 
@@ -179,6 +184,7 @@ class UsageEvent(serializers.Serializer):
     savings_cache = serializers.DecimalField(**MONEY)
     savings_tokens = serializers.DecimalField(**MONEY)
     cache_hit = serializers.BooleanField()
+    cache_layer = serializers.CharField()
     downgraded = serializers.BooleanField()
 
 

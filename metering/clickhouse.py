@@ -77,6 +77,7 @@ USAGE_EVENTS_ADDED_COLUMNS = [
     "route_model LowCardinality(String) DEFAULT ''",
     "route_reason LowCardinality(String) DEFAULT ''",
     "route_score Nullable(Float32)",
+    "cache_layer LowCardinality(String) DEFAULT ''",
 ]
 
 # Hourly rollup by org × feature × model × pool: what dashboards and the usage

@@ -161,6 +161,8 @@ class UsageRecord(models.Model):
     pool_rate = models.ForeignKey("PoolRate", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
 
     cache_hit = models.BooleanField(default=False)
+    # Which cache answered a cache hit: exact, semantic or embedding (blank for generated answers).
+    cache_layer = models.CharField(max_length=16, blank=True)
     downgraded = models.BooleanField(default=False)
     discarded = models.BooleanField(default=False, help_text="The answer was thrown away (escalated).")
     retry_attempt = models.PositiveSmallIntegerField(default=0, help_text="0 for the first try, 1.. for retries.")

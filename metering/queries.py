@@ -110,6 +110,7 @@ DIMENSIONS = {
     "day": ("toDate(hour, {tz:String})", "toDate(timestamp, {tz:String})"),
     "key": (None, "api_key_id"),
     "user": (None, "user_id"),
+    "cache_layer": (None, "cache_layer"),  # exact | semantic | embedding; blank: generated
 }
 
 # The daily tier pays off across many orgs (a staff view over 90 days reads up to 24× fewer rollup rows).
@@ -288,7 +289,7 @@ EVENT_COLUMNS = [
     "model_requested", "model_served", "pool", "attempt_kind", "status", "input_tokens", "cached_input_tokens",
     "output_tokens", "tokens_saved", "engine_seconds", "cost_input", "cost_output", "cost_gpu", "cost_total",
     "chargeback_mode", "cost_base", "cost_retry", "cost_escalation", "savings_cache", "savings_tokens",
-    "cache_hit", "downgraded",
+    "cache_hit", "cache_layer", "downgraded",
 ]
 
 

@@ -51,6 +51,7 @@ class UsageDraft:
     price_id: int | None = None
     pool_rate_id: int | None = None
     cache_hit: bool = False
+    cache_layer: str = ""  # exact | semantic | embedding, on a cache hit
     downgraded: bool = False
     # True when this attempt's answer was thrown away for a stronger model's (escalation cost).
     discarded: bool = False
@@ -162,6 +163,7 @@ def ledger_row(draft: UsageDraft) -> UsageRecord:
         price_id=draft.price_id,
         pool_rate_id=draft.pool_rate_id,
         cache_hit=draft.cache_hit,
+        cache_layer=draft.cache_layer,
         downgraded=draft.downgraded,
         discarded=draft.discarded,
         retry_attempt=draft.retry_attempt,

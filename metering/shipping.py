@@ -87,6 +87,7 @@ _SHIPPED = [
     ("route_model", "route_model", pa.string()),
     ("route_reason", "route_reason", pa.string()),
     ("route_score", "route_score", pa.float32()),
+    ("cache_layer", "cache_layer", pa.string()),
 ]
 USAGE_COLUMNS = [column for column, _, _ in _SHIPPED]
 _LEDGER_FIELDS = [field for _, field, _ in _SHIPPED]

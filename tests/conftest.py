@@ -79,6 +79,14 @@ def forget_memoized_configuration():
     clear_all_memos()
 
 
+@pytest.fixture(autouse=True)
+def no_response_caching(settings):
+    """Tests send the same deterministic request again and again (to exhaust a budget, to warm a prefix
+    cache) and mean the engine to answer each; the response caches are off for them. tests/caching turns
+    them back on."""
+    settings.TOLLGATE_CACHE = False
+
+
 @pytest.fixture
 def catalog(db):
     """The three CPU-engine models and the embedding model, with prices effective since last year."""

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "metering",
     "budgets",
     "routing",
+    "caching",
     "serving",
     "dashboards",
     "demo",
@@ -232,10 +233,9 @@ TOLLGATE_ROUTER_CLASSIFIER = env("TOLLGATE_ROUTER_CLASSIFIER", "")
 # holds its key (a process that died mid-request gives it back then).
 TOLLGATE_IDEMPOTENCY_TTL_S = env_int("TOLLGATE_IDEMPOTENCY_TTL_S", 24 * 3600)
 TOLLGATE_IDEMPOTENCY_RUNNING_S = env_int("TOLLGATE_IDEMPOTENCY_RUNNING_S", 600)
-# The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
-# always ends by settling and responding. Stages to come (token optimization, cache) go here.
-# Token optimization (serving/stages/optimize_tokens.py): the steps that run unless a request's
-# X-Tollgate-Optimize says otherwise ("off", "on", or a comma list of dedupe, tools, context, history),
+# Token optimization (serving/stages/optimize_tokens.py), for orgs and features without a routing policy:
+# the steps that run ("off", "on", or a comma list of dedupe, tools, context, history; a request's
+# X-Tollgate-Optimize may switch some off),
 # the prompt budgets in tokens past which context is selected and history summarized, the longest string
 # kept in a tool output, and the history summary's length and cache lifetime.
 TOLLGATE_TOKEN_OPTIMIZATION = env("TOLLGATE_TOKEN_OPTIMIZATION", "on")
@@ -247,19 +247,32 @@ TOLLGATE_SUMMARY_CACHE_TTL_S = env_int("TOLLGATE_SUMMARY_CACHE_TTL_S", 86400)
 # The unsafe-content check escalation runs (serving/validation.py): a dotted path to check(text) -> reason
 # or None. The default flags card numbers, private keys, API keys and weapon instructions.
 TOLLGATE_UNSAFE_CONTENT_CHECK = env("TOLLGATE_UNSAFE_CONTENT_CHECK", "serving.validation.default_unsafe_check")
+# The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
+# always ends by settling and responding. The cache stages sit after route (their keys hold the served
+# model) and before reserve_budget (a hit holds no budget).
 TOLLGATE_CHAT_STAGES = [
     "serving.stages.idempotency",
     "serving.stages.optimize_tokens",
     "serving.stages.route",
+    "serving.stages.cache",
     "serving.stages.reserve_budget",
     "serving.stages.generate",
 ]
 TOLLGATE_EMBEDDINGS_STAGES = [
     "serving.stages.idempotency",
     "serving.stages.route",
+    "serving.stages.embedding_cache",
     "serving.stages.reserve_budget",
     "serving.stages.embed",
 ]
+# Caches (caching/, docs/configuration.md): all of them on or off; how long an answer is kept when neither the feature's cache
+# policy nor the caller's Cache-Control says otherwise; the semantic cache on or off for everyone; how
+# large a partition is searched exactly before an HNSW graph is built; partitions indexed per process.
+TOLLGATE_CACHE = env_bool("TOLLGATE_CACHE", True)  # false: no request is answered from or kept in any cache
+TOLLGATE_CACHE_TTL_S = env_int("TOLLGATE_CACHE_TTL_S", 24 * 3600)
+TOLLGATE_SEMANTIC_CACHE = env_bool("TOLLGATE_SEMANTIC_CACHE", True)
+TOLLGATE_SEMANTIC_EXACT_MAX = env_int("TOLLGATE_SEMANTIC_EXACT_MAX", 4096)
+TOLLGATE_SEMANTIC_PARTITIONS_IN_MEMORY = env_int("TOLLGATE_SEMANTIC_PARTITIONS_IN_MEMORY", 10_000)
 # Which engine serves models without a deployment: "cpu" runs the CPU engine in this process, "none" none.
 TOLLGATE_ENGINE = env("TOLLGATE_ENGINE", "cpu")
 TOLLGATE_CPU_MAX_NUM_SEQS = env_int("TOLLGATE_CPU_MAX_NUM_SEQS", 32)

@@ -147,10 +147,18 @@ class RequestContext:
         return [a for a in self.attempts if a.kind in GENERATION_KINDS]
     # Set by a stage that already has the answer (an idempotent replay): the flow runs no further stage.
     replay: Any = None
+    # Set by the cache stage on a hit (a caching.services.CachedAnswer, its attempt already added): the flow
+    # runs no further stage, settles the cache-hit attempt and answers from it.
+    cache_hit: Any = None
     # Blocking callbacks once the request is answered (with the response body as sent and its headers),
     # or once it failed; stages that keep something about the request (idempotency keys) add them.
     on_answered: list[Callable[[str, dict[str, str]], None]] = field(default_factory=list)
     on_failed: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def answered_early(self) -> bool:
+        """Whether a stage already has the answer (a replay or a cache hit), so no further stage runs."""
+        return self.replay is not None or self.cache_hit is not None
 
     @property
     def served(self) -> RouteOption:

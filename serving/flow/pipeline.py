@@ -7,8 +7,9 @@ lists its backends); the flow always ends with ``settle`` and ``respond``.
 Consecutive blocking stages share one trip to the thread pool, so routing
 and the budget hold cost one hop, as they did before stages existed.
 
-A stage that already has the answer (an idempotent replay) sets
-``ctx.replay`` and no further stage runs. ``ctx.on_answered`` and
+A stage that already has the answer sets ``ctx.replay`` (an idempotent
+replay) or ``ctx.cache_hit`` (a cache hit, whose attempt settles and is
+answered, whole or streamed, like a generated one), and no further stage runs. ``ctx.on_answered`` and
 ``ctx.on_failed`` run once the request is answered or has failed.
 
 Whatever a stage raises, the request is settled before the error leaves
@@ -108,12 +109,12 @@ def stage_groups(paths: list[str] | tuple[str, ...]) -> tuple[_StageGroup, ...]:
 
 
 async def _run_stages(ctx: RequestContext, paths) -> None:
-    """The stages in order, until one has the answer (a replay); on any error the request is settled (hold
-    released, refusal recorded) first."""
+    """The stages in order, until one has the answer (a replay, a cache hit); on any error the request is
+    settled (hold released, refusal recorded) first."""
     try:
         for group in stage_groups(paths):
             await group(ctx)
-            if ctx.replay is not None:
+            if ctx.answered_early:
                 return
     except BaseException:
         await asyncio.shield(settle.run(ctx))
@@ -183,6 +184,8 @@ async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
     if ctx.replay is not None:
         return ChatOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
                            response=ChatCompletionResponse.model_validate_json(ctx.replay.body))
+    if ctx.cache_hit is not None:
+        return await _answer_from_cache(ctx, own)
     if ctx.request.stream:
         # The first delta before any byte is sent, so a failure before the first token is an HTTP error.
         # A request that may escalate is answered (and validated) whole first, then streamed.
@@ -197,6 +200,30 @@ async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
     text = "".join(delta.text for delta in await _settled_if_it_fails(ctx, escalate.answer(ctx)))
     await settle.run(ctx)
     return ChatOutcome(headers=respond.headers(ctx), response=respond.completion(ctx, text))
+
+
+async def _answer_from_cache(ctx: RequestContext, own) -> ChatOutcome:
+    """Settle the cache-hit attempt (its ledger row), then answer with its text: whole, or replayed as SSE."""
+    await settle.run(ctx)
+    text = ctx.attempts[-1].result.text
+    if not ctx.request.stream:
+        return ChatOutcome(headers=respond.headers(ctx), response=respond.completion(ctx, text))
+    chunks = _replayed_stream(ctx, text, own)
+    return ChatOutcome(headers=respond.headers(ctx), chunks=chunks, close=chunks.aclose)
+
+
+async def _replayed_stream(ctx: RequestContext, text: str, own) -> AsyncIterator[ChatCompletionChunk]:
+    chunks = respond.Chunks(ctx)
+    try:
+        yield chunks.role()
+        for delta in respond.replayed_deltas(ctx.attempts[-1].result):
+            yield chunks.content(delta)
+        yield chunks.finish()
+        final = chunks.usage()
+        if final is not None:
+            yield final
+    finally:
+        _end_own_span(own)
 
 
 async def _abandon(ctx: RequestContext, deltas=None) -> None:
@@ -269,7 +296,7 @@ async def serve_embeddings(ctx: RequestContext) -> EmbeddingsOutcome:
     own = _own_span(ctx, f"embeddings {ctx.request.model}")
     try:
         await _run_stages(ctx, settings.TOLLGATE_EMBEDDINGS_STAGES)
-        if ctx.replay is not None:
+        if ctx.replay is not None:  # (an embedding-cache hit is an attempt like any other: settled below)
             outcome = EmbeddingsOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
                                         response=EmbeddingResponse.model_validate_json(ctx.replay.body))
         else:

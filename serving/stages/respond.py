@@ -10,6 +10,8 @@ so they carry the model and the downgrade only.
 
 from __future__ import annotations
 
+import re
+
 from core.money import format_decimal
 
 from ..engines.base import GenerationResult, TextDelta
@@ -102,6 +104,20 @@ class Chunks:
         if not self.ctx.request.include_usage:
             return None
         return self._chunk([], usage(self.ctx.attempts[-1].result))
+
+
+def replayed_deltas(result: GenerationResult, words_per_delta: int = 4) -> list[TextDelta]:
+    """A cached answer's text as stream deltas (a few words each, their token share spread evenly), so a
+    streamed hit reads like a generation and its running usage adds up to the cached completion tokens."""
+    pieces = [piece for piece in _word_runs(result.text, words_per_delta) if piece] or [result.text]
+    tokens, n = result.completion_tokens, len(pieces)
+    return [TextDelta(text=piece, token_count=tokens // n + (1 if i < tokens % n else 0))
+            for i, piece in enumerate(pieces)]
+
+
+def _word_runs(text: str, size: int) -> list[str]:
+    runs = re.findall(r"\S+\s*|\s+", text)
+    return ["".join(runs[i:i + size]) for i in range(0, len(runs), size)]
 
 
 def embeddings(ctx: RequestContext) -> EmbeddingResponse:

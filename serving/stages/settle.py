@@ -107,6 +107,19 @@ def _refusal_draft(ctx: RequestContext) -> UsageDraft:
     return draft
 
 
+def _cache_hit_draft(draft: UsageDraft, attempt: Attempt) -> UsageDraft:
+    """A cache hit: no engine, no GPU time, no tokens billed; the org's price per hit (0 by default) as its
+    cost, and what the served model would have charged for the answer's tokens as ``savings_cache``."""
+    entry, result = attempt.option.estimate.entry, attempt.result
+    draft.cache_hit = True
+    would_have_cost = pricing.cost_of_tokens(entry, input_tokens=result.prompt_tokens,
+                                             output_tokens=getattr(result, "completion_tokens", 0))
+    draft.savings_cache = would_have_cost.input + would_have_cost.output
+    draft.cost_input = result.extra.get("cache_hit_price") or Decimal(0)
+    draft.cache_layer = result.extra.get("cache_layer", "")
+    return draft
+
+
 def _attempt_draft(ctx: RequestContext, attempt: Attempt) -> UsageDraft:
     if attempt.finished is None:
         attempt.finished = time.perf_counter()
@@ -119,6 +132,8 @@ def _attempt_draft(ctx: RequestContext, attempt: Attempt) -> UsageDraft:
     draft.duration_ms = attempt.duration_s * 1000.0
     draft.downgraded = bool(ctx.reservation and ctx.reservation.downgraded)
     result = attempt.result
+    if attempt.kind == UsageRecord.AttemptKind.CACHE_HIT:
+        return _cache_hit_draft(draft, attempt)
     if ctx.endpoint == EMBEDDINGS:
         draft.pool, draft.replica = attempt.pool, attempt.replica
         draft.queue_wait_ms = attempt.queue_wait_s * 1000.0
