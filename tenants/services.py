@@ -59,6 +59,11 @@ class TenantContext:
     user_id: int | None
     feature_id: int | None
     feature_slug: str
+    # Rate limits (serving/ratelimits.py); None: unlimited.
+    key_requests_per_minute: int | None = None
+    key_tokens_per_minute: int | None = None
+    org_requests_per_minute: int | None = None
+    org_tokens_per_minute: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,10 @@ class KeyRecord:
     org_timezone: str
     default_feature_id: int | None
     default_feature_slug: str
+    key_requests_per_minute: int | None = None
+    key_tokens_per_minute: int | None = None
+    org_requests_per_minute: int | None = None
+    org_tokens_per_minute: int | None = None
 
 
 # Keys by prefix. A revocation in this process drops the entry at once (revoke_api_key, signals);
@@ -157,6 +166,9 @@ def _load_key(prefix: str) -> KeyRecord | None:
         expires_at=key.expires_at, user_id=key.user_id, org_id=key.organization_id,
         org_slug=key.organization.slug, org_timezone=key.organization.timezone,
         default_feature_id=feature.pk if feature else None, default_feature_slug=feature.slug if feature else "",
+        key_requests_per_minute=key.requests_per_minute, key_tokens_per_minute=key.tokens_per_minute,
+        org_requests_per_minute=key.organization.requests_per_minute,
+        org_tokens_per_minute=key.organization.tokens_per_minute,
     )
 
 
@@ -229,6 +241,10 @@ def authenticate_api_key(authorization_header: str | None, feature_slug: str | N
         user_id=key.user_id,
         feature_id=feature_id,
         feature_slug=feature,
+        key_requests_per_minute=key.key_requests_per_minute,
+        key_tokens_per_minute=key.key_tokens_per_minute,
+        org_requests_per_minute=key.org_requests_per_minute,
+        org_tokens_per_minute=key.org_tokens_per_minute,
     )
 
 

@@ -232,6 +232,11 @@ TOLLGATE_ROUTER_CLASSIFIER = env("TOLLGATE_ROUTER_CLASSIFIER", "")
 # holds its key (a process that died mid-request gives it back then).
 TOLLGATE_IDEMPOTENCY_TTL_S = env_int("TOLLGATE_IDEMPOTENCY_TTL_S", 24 * 3600)
 TOLLGATE_IDEMPOTENCY_RUNNING_S = env_int("TOLLGATE_IDEMPOTENCY_RUNNING_S", 600)
+# Rate limits (per key and per org, set in admin; serving/ratelimits.py): the store shared by every web process
+# (Redis; empty: this process's memory, for one process), and how long a request waits for it before it is
+# admitted unchecked (fail open, counted in tollgate_rate_limit_store_errors_total).
+TOLLGATE_RATE_LIMIT_REDIS_URL = env("TOLLGATE_RATE_LIMIT_REDIS_URL", REDIS_URL)
+TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S = float(env("TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S", "0.25"))
 # The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
 # always ends by settling and responding. Stages to come (token optimization, cache) go here.
 # Token optimization (serving/stages/optimize_tokens.py): the steps that run unless a request's
@@ -245,6 +250,7 @@ TOLLGATE_TOOL_OUTPUT_FIELD_CHARS = env_int("TOLLGATE_TOOL_OUTPUT_FIELD_CHARS", 2
 TOLLGATE_SUMMARY_MAX_TOKENS = env_int("TOLLGATE_SUMMARY_MAX_TOKENS", 96)
 TOLLGATE_SUMMARY_CACHE_TTL_S = env_int("TOLLGATE_SUMMARY_CACHE_TTL_S", 86400)
 TOLLGATE_CHAT_STAGES = [
+    "serving.stages.rate_limit",
     "serving.stages.idempotency",
     "serving.stages.optimize_tokens",
     "serving.stages.route",
@@ -252,6 +258,7 @@ TOLLGATE_CHAT_STAGES = [
     "serving.stages.generate",
 ]
 TOLLGATE_EMBEDDINGS_STAGES = [
+    "serving.stages.rate_limit",
     "serving.stages.idempotency",
     "serving.stages.route",
     "serving.stages.reserve_budget",
