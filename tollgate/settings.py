@@ -237,6 +237,11 @@ TOLLGATE_IDEMPOTENCY_RUNNING_S = env_int("TOLLGATE_IDEMPOTENCY_RUNNING_S", 600)
 # admitted unchecked (fail open, counted in tollgate_rate_limit_store_errors_total).
 TOLLGATE_RATE_LIMIT_REDIS_URL = env("TOLLGATE_RATE_LIMIT_REDIS_URL", REDIS_URL)
 TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S = float(env("TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S", "0.25"))
+# API keys are stored as HMAC-SHA256 keyed with this secret (by default SECRET_KEY). Changing it invalidates
+# every issued key: set it once, keep it with SECRET_KEY in the secret store.
+TOLLGATE_API_KEY_HASH_SECRET = env("TOLLGATE_API_KEY_HASH_SECRET", "") or SECRET_KEY
+# A rotated key (admin action "Rotate", tenants.services.rotate_api_key) keeps working this long beside the new one.
+TOLLGATE_API_KEY_ROTATION_OVERLAP_S = env_int("TOLLGATE_API_KEY_ROTATION_OVERLAP_S", 24 * 3600)
 # The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
 # always ends by settling and responding. Stages to come (token optimization, cache) go here.
 # Token optimization (serving/stages/optimize_tokens.py): the steps that run unless a request's
