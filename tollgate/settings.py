@@ -78,6 +78,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "tenants.login_throttle.LoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -131,6 +132,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
+# Sign-in throttling (tenants/login_throttle.py): this many failures for one username from one address within
+# the window lock that username out from that address for the lockout time (seconds).
+TOLLGATE_LOGIN_FAILURE_LIMIT = env_int("TOLLGATE_LOGIN_FAILURE_LIMIT", 5)
+TOLLGATE_LOGIN_FAILURE_WINDOW_S = env_int("TOLLGATE_LOGIN_FAILURE_WINDOW_S", 15 * 60)
+TOLLGATE_LOGIN_LOCKOUT_S = env_int("TOLLGATE_LOGIN_LOCKOUT_S", 15 * 60)
 LOGIN_REDIRECT_URL = "dashboards:index"
 LOGOUT_REDIRECT_URL = "login"
 
