@@ -161,8 +161,9 @@ def main() -> None:
     ap.add_argument("--litellm", default="", help="path to the litellm executable (own virtualenv)")
     ap.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/tollgate_bench_gateway")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/8")
-    ap.add_argument("--rate-limits", action="store_true",
-                    help="also time a key whose requests check all four rate limits (key and org, RPM and TPM)")
+    ap.add_argument("--rate-limits", nargs="?", const="after", choices=["after", "first"], default="",
+                    help="also time a key whose requests check all four rate limits (key and org, RPM and TPM), "
+                         "after the plain key in each level or (first) before it")
     args = ap.parse_args()
 
     procs: list[subprocess.Popen] = []
@@ -194,6 +195,9 @@ def main() -> None:
         }
         if args.rate_limits:
             paths[LIMITED] = (f"{gateway}/v1/chat/completions", {"Authorization": f"Bearer {limited_key}"})
+            if args.rate_limits == "first":  # the later path in a level runs on a fuller ledger and ClickHouse
+                paths = {name: paths[name] for name in ("upstream direct", LIMITED,
+                                                        "Tollgate gateway (auth, budget, ledger, spans)")}
         if args.litellm:
             ll_port = free_port()
             config = Path(tmp) / "litellm.yaml"

@@ -18,6 +18,22 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(f"{value!r} is not a known time zone") from exc
 
 
+def default_org_requests_per_minute() -> int | None:
+    return settings.TOLLGATE_DEFAULT_ORG_REQUESTS_PER_MINUTE
+
+
+def default_org_tokens_per_minute() -> int | None:
+    return settings.TOLLGATE_DEFAULT_ORG_TOKENS_PER_MINUTE
+
+
+def default_key_requests_per_minute() -> int | None:
+    return settings.TOLLGATE_DEFAULT_KEY_REQUESTS_PER_MINUTE
+
+
+def default_key_tokens_per_minute() -> int | None:
+    return settings.TOLLGATE_DEFAULT_KEY_TOKENS_PER_MINUTE
+
+
 class Organization(models.Model):
     slug = models.SlugField(unique=True, help_text="Short name used in URLs and reports.")
     name = models.CharField(max_length=200)
@@ -35,12 +51,13 @@ class Organization(models.Model):
         max_length=100, blank=True,
         help_text="Shared secret for the X-Tollgate-Signature HMAC. Generated when a webhook URL is first set.",
     )
-    # Rate limits for the whole org, every key together (serving/ratelimits.py). Blank: unlimited.
+    # Rate limits for the whole org, every key together (serving/ratelimits.py). Blank: unlimited. New orgs
+    # start with TOLLGATE_DEFAULT_ORG_*_PER_MINUTE (unset: blank).
     requests_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Most /v1 requests per minute for the whole organization. Blank: unlimited.",
+        null=True, blank=True, default=default_org_requests_per_minute, help_text="Most /v1 requests per minute for the whole organization. Blank: unlimited.",
     )
     tokens_per_minute = models.PositiveIntegerField(
-        null=True, blank=True,
+        null=True, blank=True, default=default_org_tokens_per_minute,
         help_text="Most tokens per minute for the whole organization (prompt + max_tokens, counted when a request "
                   "arrives). Blank: unlimited.",
     )
@@ -118,10 +135,11 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Rate limits for this key alone, on top of its organization's. Blank: only the organization's apply.
     requests_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Most /v1 requests per minute with this key. Blank: unlimited.",
+        null=True, blank=True, default=default_key_requests_per_minute,
+        help_text="Most /v1 requests per minute with this key. Blank: unlimited.",
     )
     tokens_per_minute = models.PositiveIntegerField(
-        null=True, blank=True,
+        null=True, blank=True, default=default_key_tokens_per_minute,
         help_text="Most tokens per minute with this key (prompt + max_tokens, counted when a request arrives). "
                   "Blank: unlimited.",
     )

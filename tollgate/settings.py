@@ -243,6 +243,18 @@ TOLLGATE_IDEMPOTENCY_RUNNING_S = env_int("TOLLGATE_IDEMPOTENCY_RUNNING_S", 600)
 # admitted unchecked (fail open, counted in tollgate_rate_limit_store_errors_total).
 TOLLGATE_RATE_LIMIT_REDIS_URL = env("TOLLGATE_RATE_LIMIT_REDIS_URL", REDIS_URL)
 TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S = float(env("TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S", "0.25"))
+
+
+def env_limit(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else None
+
+
+# The limits a new organization or key starts with (edit them in admin afterwards); unset: none (unlimited).
+TOLLGATE_DEFAULT_ORG_REQUESTS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_ORG_REQUESTS_PER_MINUTE")
+TOLLGATE_DEFAULT_ORG_TOKENS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_ORG_TOKENS_PER_MINUTE")
+TOLLGATE_DEFAULT_KEY_REQUESTS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_KEY_REQUESTS_PER_MINUTE")
+TOLLGATE_DEFAULT_KEY_TOKENS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_KEY_TOKENS_PER_MINUTE")
 # API keys are stored as HMAC-SHA256 keyed with this secret (by default SECRET_KEY). Changing it invalidates
 # every issued key: set it once, keep it with SECRET_KEY in the secret store.
 TOLLGATE_API_KEY_HASH_SECRET = env("TOLLGATE_API_KEY_HASH_SECRET", "") or SECRET_KEY

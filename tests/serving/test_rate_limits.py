@@ -166,3 +166,14 @@ def test_without_limits_there_are_no_headers_and_no_store_call(openai_client):
                                       (360_000, "6m0s"), (90_250, "1m30.25s"), (3_600_000, "1h0m0s")])
 def test_resets_are_written_as_openai_writes_them(ms, text):
     assert ratelimits.format_duration(ms) == text
+
+
+def test_new_keys_and_orgs_start_with_the_default_limits(live_gateway, make_tenant, catalog, settings):
+    settings.TOLLGATE_DEFAULT_KEY_REQUESTS_PER_MINUTE = 1
+    settings.TOLLGATE_DEFAULT_ORG_TOKENS_PER_MINUTE = 5000
+    fresh = make_tenant("initech")
+    assert (fresh.key.requests_per_minute, fresh.org.tokens_per_minute) == (1, 5000)
+    client = client_for(live_gateway, fresh.plaintext)
+    assert chat(client).headers["x-ratelimit-limit-tokens"] == "5000"
+    with pytest.raises(openai.RateLimitError):
+        chat(client)
