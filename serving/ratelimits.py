@@ -211,12 +211,30 @@ return out
 """
 
 
+class StoreDown(Exception):
+    """The store failed moments ago; it is not asked again until ``RedisStore.RETRY_AFTER_S`` has passed."""
+
+
 class RedisStore:
+    # After a failure, requests are admitted unchecked for this long without trying Redis: an unreachable
+    # store that times out would otherwise add TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S to every request.
+    RETRY_AFTER_S = 1.0
+
     def __init__(self, url: str, timeout_s: float):
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._admit = self.client.register_script(_ADMIT_LUA)  # EVALSHA; loads the script once if missing
+        self._down_until = 0.0
 
     def admit(self, limits: tuple[Limit, ...], costs: tuple[int, ...]) -> Decision:
+        if self._down_until and time.monotonic() < self._down_until:
+            raise StoreDown("failed less than a second ago")
+        try:
+            return self._admit_in_redis(limits, costs)
+        except redis.RedisError:
+            self._down_until = time.monotonic() + self.RETRY_AFTER_S
+            raise
+
+    def _admit_in_redis(self, limits: tuple[Limit, ...], costs: tuple[int, ...]) -> Decision:
         args = [WINDOW_MS]
         for limit, cost in zip(limits, costs):
             args += [limit.per_minute, cost]
@@ -252,7 +270,7 @@ def admit(limits: tuple[Limit, ...], tokens: int) -> Decision:
     costs = tuple(1 if limit.kind == REQUESTS else tokens for limit in limits)
     try:
         return store().admit(limits, costs)
-    except redis.RedisError as exc:
+    except (redis.RedisError, StoreDown) as exc:
         global _last_logged
         RATE_LIMIT_STORE_ERRORS.inc()
         now = time.monotonic()

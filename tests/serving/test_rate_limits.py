@@ -3,6 +3,8 @@ official client: 429 rate_limit_exceeded with Retry-After and OpenAI's x-ratelim
 costs another, a limited request costs nothing, and every answer carries the headers. Redis at REDIS_URL."""
 
 import re
+import socket
+import time
 from decimal import Decimal
 
 import openai
@@ -177,3 +179,20 @@ def test_new_keys_and_orgs_start_with_the_default_limits(live_gateway, make_tena
     assert chat(client).headers["x-ratelimit-limit-tokens"] == "5000"
     with pytest.raises(openai.RateLimitError):
         chat(client)
+
+
+def test_a_store_that_hangs_is_not_asked_again_for_a_moment(tenant, settings):
+    # A store that times out would add its timeout to every request: after a failure, skip it for a second.
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)  # connections complete in the kernel's backlog, and nothing ever answers
+    try:
+        settings.TOLLGATE_RATE_LIMIT_REDIS_URL = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
+        settings.TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S = 0.2
+        limits = (ratelimits.Limit("key", tenant.key.pk, ratelimits.REQUESTS, 1),)
+        start = time.monotonic()
+        for _ in range(10):
+            assert ratelimits.admit(limits, 10).admitted
+        assert time.monotonic() - start < 0.8  # one timeout (0.2 s), not ten
+    finally:
+        hung.close()
