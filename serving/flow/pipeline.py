@@ -181,7 +181,8 @@ async def serve_chat(ctx: RequestContext) -> ChatOutcome:
 async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
     await _run_stages(ctx, settings.TOLLGATE_CHAT_STAGES)
     if ctx.replay is not None:
-        return ChatOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
+        # This request's stage headers (its rate-limit state) over the kept answer's, which are the first's.
+        return ChatOutcome(headers={**idempotency.replay_headers(ctx.replay), **ctx.response_headers},
                            response=ChatCompletionResponse.model_validate_json(ctx.replay.body))
     if ctx.request.stream:
         # The first delta before any byte is sent, so a failure before the first token is an HTTP error.
@@ -266,7 +267,7 @@ async def serve_embeddings(ctx: RequestContext) -> EmbeddingsOutcome:
     try:
         await _run_stages(ctx, settings.TOLLGATE_EMBEDDINGS_STAGES)
         if ctx.replay is not None:
-            outcome = EmbeddingsOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
+            outcome = EmbeddingsOutcome(headers={**idempotency.replay_headers(ctx.replay), **ctx.response_headers},
                                         response=EmbeddingResponse.model_validate_json(ctx.replay.body))
         else:
             await settle.run(ctx)

@@ -51,7 +51,9 @@ def run(ctx: RequestContext) -> None:
     limit = decision.refused_by
     owner = f"API key {ctx.tenant.api_key_prefix}…" if limit.scope == "key" else f"organization {ctx.tenant.org_slug}"
     short = "RPM" if limit.kind == ratelimits.REQUESTS else "TPM"
-    if decision.retry_after_ms < 0:
+    if limit.per_minute == 0:
+        message = f"{owner[0].upper()}{owner[1:]} may send no {limit.kind} at all (its {short} limit is 0)."
+    elif decision.retry_after_ms < 0:
         message = (f"Request too large for {owner} on {limit.kind} per min ({short}): Limit {limit.per_minute}, "
                    f"Requested {decision.cost}. Send fewer tokens (a smaller prompt or max_tokens).")
     else:

@@ -196,3 +196,20 @@ def test_a_store_that_hangs_is_not_asked_again_for_a_moment(tenant, settings):
         assert time.monotonic() - start < 0.8  # one timeout (0.2 s), not ten
     finally:
         hung.close()
+
+
+def test_an_idempotent_replay_counts_and_shows_this_requests_rate_limit_state(openai_client, tenant):
+    limit(tenant.key, rpm=5)
+    first = chat(openai_client, extra_headers={"Idempotency-Key": "rl-1"})
+    again = chat(openai_client, extra_headers={"Idempotency-Key": "rl-1"})
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (first.headers["x-ratelimit-remaining-requests"], again.headers["x-ratelimit-remaining-requests"]) == (
+        "4", "3")
+
+
+def test_a_limit_of_zero_refuses_everything_saying_so(openai_client, tenant):
+    limit(tenant.org, rpm=0)
+    with pytest.raises(openai.RateLimitError) as err:
+        chat(openai_client)
+    assert "may send no requests at all" in err.value.message
+    assert err.value.response.headers["x-ratelimit-limit-requests"] == "0"
