@@ -213,3 +213,19 @@ def test_a_limit_of_zero_refuses_everything_saying_so(openai_client, tenant):
         chat(openai_client)
     assert "may send no requests at all" in err.value.message
     assert err.value.response.headers["x-ratelimit-limit-requests"] == "0"
+
+
+def test_redis_and_memory_stores_decide_alike(tenant, settings):
+    """The Lua script and the in-process store are one algorithm: the same admissions, the same answers."""
+    limits = (ratelimits.Limit("key", tenant.key.pk, ratelimits.REQUESTS, 4),
+              ratelimits.Limit("org", tenant.org.pk, ratelimits.TOKENS, 100))
+    redis_store = ratelimits.RedisStore(settings.TOLLGATE_RATE_LIMIT_REDIS_URL, timeout_s=1.0)
+    memory_store = ratelimits.MemoryStore()
+    if time.time() % 60 > 55:
+        time.sleep(6)  # stay inside one window: both must see the same minute
+    for tokens in (30, 50, 40, 10, 5, 200):
+        costs = (1, tokens)
+        from_redis, from_memory = redis_store.admit(limits, costs), memory_store.admit(limits, costs)
+        assert (from_redis.admitted, [s.remaining for s in from_redis.states], from_redis.refused_by) == (
+            from_memory.admitted, [s.remaining for s in from_memory.states], from_memory.refused_by)
+        assert (from_redis.retry_after_ms < 0) == (from_memory.retry_after_ms < 0)
