@@ -17,8 +17,11 @@ signal receivers.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
+
+import redis
 
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_login_failed
@@ -29,6 +32,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 LOGIN_URL_NAMES = ("login", "admin:login")
+logger = logging.getLogger(__name__)
 
 
 def _address(request) -> str:
@@ -42,12 +46,24 @@ def _keys(username: str, address: str) -> tuple[str, str]:
 
 
 def locked_for_s(username: str, address: str) -> int:
-    """Seconds left of this username's lockout from this address; 0 when it may try."""
-    until = cache.get(_keys(username, address)[1])
+    """Seconds left of this username's lockout from this address; 0 when it may try (also when the cache is
+    down: sign-in then works unthrottled, as the log says, rather than not at all)."""
+    try:
+        until = cache.get(_keys(username, address)[1])
+    except redis.RedisError as exc:
+        logger.warning("sign-in throttling off (fail open): the cache is unreachable: %s", exc)
+        return 0
     return max(0, math.ceil(until - time.time())) if until else 0
 
 
 def record_failure(username: str, address: str) -> None:
+    try:
+        _record_failure(username, address)
+    except redis.RedisError as exc:
+        logger.warning("sign-in failure not counted (fail open): the cache is unreachable: %s", exc)
+
+
+def _record_failure(username: str, address: str) -> None:
     failures, locked = _keys(username, address)
     cache.add(failures, 0, timeout=settings.TOLLGATE_LOGIN_FAILURE_WINDOW_S)
     try:
@@ -69,7 +85,10 @@ def count_failed_login(sender, credentials, request=None, **kwargs):
 @receiver(user_logged_in, dispatch_uid="tenants.login_succeeded")
 def clear_failed_logins(sender, request, user, **kwargs):
     if request is not None:
-        cache.delete(_keys(user.get_username(), _address(request))[0])
+        try:
+            cache.delete(_keys(user.get_username(), _address(request))[0])
+        except redis.RedisError:
+            pass  # the count expires by itself
 
 
 class LoginThrottleMiddleware:

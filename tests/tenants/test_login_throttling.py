@@ -74,3 +74,11 @@ def test_usernames_are_counted_whatever_their_case(alice):
     fail(3)
     fail(2, username="ALICE")
     assert sign_in(PASSWORD).status_code == 429
+
+
+def test_sign_in_still_works_when_the_cache_is_down(alice, settings):
+    # Django rebuilds its cache handlers when CACHES changes (its setting_changed receiver).
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:1/0"}}  # nothing listens there
+    assert sign_in("wrong").status_code == 200
+    assert sign_in(PASSWORD).status_code == 302
