@@ -131,6 +131,13 @@ async def _failed(ctx: RequestContext) -> None:
         await asyncio.shield(on_thread_pool(_call_each)(ctx.on_failed))
 
 
+def _carry_stage_headers(ctx: RequestContext, exc: BaseException) -> None:
+    """An error answer carries the headers stages added (the rate-limit state), as every answer does;
+    the error's own headers (its Retry-After) win."""
+    if isinstance(exc, errors.OpenAIError) and ctx.response_headers:
+        exc.headers = {**ctx.response_headers, **exc.headers}
+
+
 def _call_each(callbacks, *args) -> None:
     for callback in callbacks:
         callback(*args)
@@ -169,6 +176,7 @@ async def serve_chat(ctx: RequestContext) -> ChatOutcome:
     try:
         outcome = await _serve_chat(ctx, own)
     except BaseException as exc:
+        _carry_stage_headers(ctx, exc)
         await _failed(ctx)
         _end_own_span(own, exc)
         raise
@@ -273,6 +281,7 @@ async def serve_embeddings(ctx: RequestContext) -> EmbeddingsOutcome:
             await settle.run(ctx)
             outcome = EmbeddingsOutcome(headers=respond.headers(ctx), response=respond.embeddings(ctx))
     except BaseException as exc:
+        _carry_stage_headers(ctx, exc)
         await _failed(ctx)
         _end_own_span(own, exc)
         raise

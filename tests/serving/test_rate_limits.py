@@ -229,3 +229,15 @@ def test_redis_and_memory_stores_decide_alike(tenant, settings):
         assert (from_redis.admitted, [s.remaining for s in from_redis.states], from_redis.refused_by) == (
             from_memory.admitted, [s.remaining for s in from_memory.states], from_memory.refused_by)
         assert (from_redis.retry_after_ms < 0) == (from_memory.retry_after_ms < 0)
+
+
+def test_a_refusal_after_the_rate_limit_carries_the_headers_too(openai_client, tenant):
+    Budget.objects.create(organization=tenant.org, amount=Decimal("0"))
+    limit(tenant.key, rpm=10)
+    with pytest.raises(openai.RateLimitError) as err:
+        chat(openai_client)
+    assert err.value.code == "budget_exceeded"
+    assert err.value.response.headers["x-ratelimit-remaining-requests"] == "9"
+    with pytest.raises(openai.NotFoundError) as err:
+        chat(openai_client, model="no-such-model")
+    assert err.value.response.headers["x-ratelimit-remaining-requests"] == "8"
