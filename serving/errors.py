@@ -145,6 +145,20 @@ class QualityUnavailable(OpenAIError):
     code = "budget_downgraded"
 
 
+class RateLimitExceeded(OpenAIError):
+    """A key's or an org's requests or tokens per minute (serving/ratelimits.py); sent with Retry-After.
+
+    OpenAI's shape: ``type`` is the kind of limit ("requests" or "tokens"), ``code`` is ``rate_limit_exceeded``.
+    """
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str]):
+        super().__init__(message, headers=headers)
+        self.type = kind
+
+
 class QueueFull(OpenAIError):
     """The pool's admission queue is full; sent with Retry-After."""
 

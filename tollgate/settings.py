@@ -79,6 +79,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "tenants.login_throttle.LoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -132,6 +133,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
+# Sign-in throttling (tenants/login_throttle.py): this many failures for one username from one address within
+# the window lock that username out from that address for the lockout time (seconds).
+TOLLGATE_LOGIN_FAILURE_LIMIT = env_int("TOLLGATE_LOGIN_FAILURE_LIMIT", 5)
+TOLLGATE_LOGIN_FAILURE_WINDOW_S = env_int("TOLLGATE_LOGIN_FAILURE_WINDOW_S", 15 * 60)
+TOLLGATE_LOGIN_LOCKOUT_S = env_int("TOLLGATE_LOGIN_LOCKOUT_S", 15 * 60)
 LOGIN_REDIRECT_URL = "dashboards:index"
 LOGOUT_REDIRECT_URL = "login"
 
@@ -233,6 +239,28 @@ TOLLGATE_ROUTER_CLASSIFIER = env("TOLLGATE_ROUTER_CLASSIFIER", "")
 # holds its key (a process that died mid-request gives it back then).
 TOLLGATE_IDEMPOTENCY_TTL_S = env_int("TOLLGATE_IDEMPOTENCY_TTL_S", 24 * 3600)
 TOLLGATE_IDEMPOTENCY_RUNNING_S = env_int("TOLLGATE_IDEMPOTENCY_RUNNING_S", 600)
+# Rate limits (per key and per org, set in admin; serving/ratelimits.py): the store shared by every web process
+# (Redis; empty: this process's memory, for one process), and how long a request waits for it before it is
+# admitted unchecked (fail open, counted in tollgate_rate_limit_store_errors_total).
+TOLLGATE_RATE_LIMIT_REDIS_URL = env("TOLLGATE_RATE_LIMIT_REDIS_URL", REDIS_URL)
+TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S = float(env("TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S", "0.25"))
+
+
+def env_limit(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else None
+
+
+# The limits a new organization or key starts with (edit them in admin afterwards); unset: none (unlimited).
+TOLLGATE_DEFAULT_ORG_REQUESTS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_ORG_REQUESTS_PER_MINUTE")
+TOLLGATE_DEFAULT_ORG_TOKENS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_ORG_TOKENS_PER_MINUTE")
+TOLLGATE_DEFAULT_KEY_REQUESTS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_KEY_REQUESTS_PER_MINUTE")
+TOLLGATE_DEFAULT_KEY_TOKENS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_KEY_TOKENS_PER_MINUTE")
+# API keys are stored as HMAC-SHA256 keyed with this secret (by default SECRET_KEY). Changing it invalidates
+# every issued key: set it once, keep it with SECRET_KEY in the secret store.
+TOLLGATE_API_KEY_HASH_SECRET = env("TOLLGATE_API_KEY_HASH_SECRET", "") or SECRET_KEY
+# A rotated key (admin action "Rotate", tenants.services.rotate_api_key) keeps working this long beside the new one.
+TOLLGATE_API_KEY_ROTATION_OVERLAP_S = env_int("TOLLGATE_API_KEY_ROTATION_OVERLAP_S", 24 * 3600)
 # Token optimization (serving/stages/optimize_tokens.py), for orgs and features without a routing policy:
 # the steps that run ("off", "on", or a comma list of dedupe, tools, context, history; a request's
 # X-Tollgate-Optimize may switch some off),
@@ -251,6 +279,7 @@ TOLLGATE_UNSAFE_CONTENT_CHECK = env("TOLLGATE_UNSAFE_CONTENT_CHECK", "serving.va
 # always ends by settling and responding. The cache stages sit after route (their keys hold the served
 # model) and before reserve_budget (a hit holds no budget).
 TOLLGATE_CHAT_STAGES = [
+    "serving.stages.rate_limit",
     "serving.stages.idempotency",
     "serving.stages.optimize_tokens",
     "serving.stages.route",
@@ -259,6 +288,7 @@ TOLLGATE_CHAT_STAGES = [
     "serving.stages.generate",
 ]
 TOLLGATE_EMBEDDINGS_STAGES = [
+    "serving.stages.rate_limit",
     "serving.stages.idempotency",
     "serving.stages.route",
     "serving.stages.embedding_cache",

@@ -132,6 +132,13 @@ async def _failed(ctx: RequestContext) -> None:
         await asyncio.shield(on_thread_pool(_call_each)(ctx.on_failed))
 
 
+def _carry_stage_headers(ctx: RequestContext, exc: BaseException) -> None:
+    """An error answer carries the headers stages added (the rate-limit state), as every answer does;
+    the error's own headers (its Retry-After) win."""
+    if isinstance(exc, errors.OpenAIError) and ctx.response_headers:
+        exc.headers = {**ctx.response_headers, **exc.headers}
+
+
 def _call_each(callbacks, *args) -> None:
     for callback in callbacks:
         callback(*args)
@@ -170,6 +177,7 @@ async def serve_chat(ctx: RequestContext) -> ChatOutcome:
     try:
         outcome = await _serve_chat(ctx, own)
     except BaseException as exc:
+        _carry_stage_headers(ctx, exc)
         await _failed(ctx)
         _end_own_span(own, exc)
         raise
@@ -182,7 +190,8 @@ async def serve_chat(ctx: RequestContext) -> ChatOutcome:
 async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
     await _run_stages(ctx, settings.TOLLGATE_CHAT_STAGES)
     if ctx.replay is not None:
-        return ChatOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
+        # This request's stage headers (its rate-limit state) over the kept answer's, which are the first's.
+        return ChatOutcome(headers={**idempotency.replay_headers(ctx.replay), **ctx.response_headers},
                            response=ChatCompletionResponse.model_validate_json(ctx.replay.body))
     if ctx.cache_hit is not None:
         return await _answer_from_cache(ctx, own)
@@ -297,12 +306,13 @@ async def serve_embeddings(ctx: RequestContext) -> EmbeddingsOutcome:
     try:
         await _run_stages(ctx, settings.TOLLGATE_EMBEDDINGS_STAGES)
         if ctx.replay is not None:  # (an embedding-cache hit is an attempt like any other: settled below)
-            outcome = EmbeddingsOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
+            outcome = EmbeddingsOutcome(headers={**idempotency.replay_headers(ctx.replay), **ctx.response_headers},
                                         response=EmbeddingResponse.model_validate_json(ctx.replay.body))
         else:
             await settle.run(ctx)
             outcome = EmbeddingsOutcome(headers=respond.headers(ctx), response=respond.embeddings(ctx))
     except BaseException as exc:
+        _carry_stage_headers(ctx, exc)
         await _failed(ctx)
         _end_own_span(own, exc)
         raise
