@@ -26,6 +26,7 @@ import time
 from caching import semantic
 from caching import services as caching
 from caching.services import BYPASS, HEADER, HIT, LAYER_HEADER, MISS, SIMILARITY_HEADER, CacheScope
+from core.stores import STORE_ERRORS
 from core.threads import on_thread_pool
 from metering.models import UsageRecord
 
@@ -85,6 +86,15 @@ async def run(ctx: RequestContext) -> None:
         directives = caching.parse_cache_control(ctx.cache_control)
     except caching.BadCacheControl as exc:
         raise errors.InvalidRequest(str(exc), param="Cache-Control", code="invalid_value")
+    try:
+        await _look_up(ctx, directives)
+    except STORE_ERRORS as exc:
+        # A cache never fails a request: with its store down the request is served as a miss, not kept.
+        logger.warning("cache store unavailable; serving without the cache: %r", exc)
+        ctx.response_headers[HEADER] = BYPASS
+
+
+async def _look_up(ctx: RequestContext, directives) -> None:
     request: ChatCompletionRequest = ctx.request
     scope = CacheScope.of(ctx.tenant)
     option = ctx.route.primary
@@ -156,8 +166,13 @@ def _keep(ctx: RequestContext, scope: CacheScope, policy: caching.Policy, exact_
         return
     if getattr(attempt.result, "finish_reason", None) not in ("stop", "length"):
         return
+    if ctx.response_headers.get("X-Tollgate-Validation", "").startswith("failed"):
+        return  # an answer that failed its checks (escalation ran out) is served once, never again
     model = attempt.option.model  # the model that answered: a downgraded answer is kept under its own model
-    if policy.exact:
-        caching.store_exact(scope, model, exact_print, body, policy.ttl_s)
-    if question is not None and vector is not None:
-        semantic.store(scope, model, question[0], question[1], vector, body, policy.ttl_s)
+    try:
+        if policy.exact:
+            caching.store_exact(scope, model, exact_print, body, policy.ttl_s)
+        if question is not None and vector is not None:
+            semantic.store(scope, model, question[0], question[1], vector, body, policy.ttl_s)
+    except STORE_ERRORS as exc:  # the answer was served; not keeping it costs only a later miss
+        logger.warning("cache store unavailable; the answer was not kept: %r", exc)

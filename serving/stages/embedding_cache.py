@@ -11,15 +11,19 @@ later request with the same texts in another grouping or order hits too.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 from caching import services as caching
 from caching.services import BYPASS, EMBEDDING, HEADER, HIT, LAYER_HEADER, MISS, CacheScope
+from core.stores import STORE_ERRORS
 from metering.models import UsageRecord
 
 from .. import errors
 from ..flow.context import EMBEDDINGS, Attempt, RequestContext
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,7 +53,12 @@ def run(ctx: RequestContext) -> None:
     texts = ctx.request.texts
     vectors, keys = None, None
     if directives.may_read:
-        vectors, keys = caching.lookup_embeddings(scope, option.model, texts, directives)
+        try:
+            vectors, keys = caching.lookup_embeddings(scope, option.model, texts, directives)
+        except STORE_ERRORS as exc:  # a cache never fails a request: served as a miss, not kept
+            logger.warning("embedding cache store unavailable; serving without it: %r", exc)
+            ctx.response_headers[HEADER] = BYPASS
+            return
     if vectors is not None:
         now = time.perf_counter()
         result = CachedEmbeddings(vectors=vectors, prompt_tokens=option.estimate.prompt_tokens,
@@ -70,4 +79,7 @@ def _keep(ctx: RequestContext, scope: CacheScope, keys: list[str], ttl_s: int) -
     attempt = ctx.attempts[-1] if ctx.attempts else None
     if attempt is None or attempt.status != UsageRecord.Status.OK or attempt.result is None:
         return
-    caching.store_embeddings(scope, keys, attempt.result.vectors, ttl_s)
+    try:
+        caching.store_embeddings(scope, keys, attempt.result.vectors, ttl_s)
+    except STORE_ERRORS as exc:  # the answer was served; not keeping it costs only a later miss
+        logger.warning("embedding cache store unavailable; the vectors were not kept: %r", exc)
