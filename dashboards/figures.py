@@ -7,6 +7,21 @@ from datetime import date, timedelta
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+# Plotly's config for every chart (dashboards/static/dashboards/charts.js passes it to Plotly.newPlot).
+# A chargeback page never offers to send tenant data off-site: no "Share chart" (upload to
+# Chart Studio), no "Edit in Chart Studio", no plotly logo linking out. The PNG download stays;
+# it is drawn in the browser and never leaves the machine.
+CHART_CONFIG = {
+    "displaylogo": False,
+    "showSendToCloud": False,
+    "showEditInChartStudio": False,
+    "showLink": False,
+    "sendData": False,
+    "responsive": True,
+    "modeBarButtonsToRemove": ["sendDataToCloud", "editInChartStudio", "select2d", "lasso2d"],
+    "toImageButtonOptions": {"format": "png", "filename": "tollgate-chart"},
+}
+
 _LAYOUT = dict(
     margin=dict(l=48, r=16, t=40, b=40),
     height=320,
@@ -17,13 +32,14 @@ _LAYOUT = dict(
 )
 
 
-def spend_over_time(rows: list[tuple[date, object]], first_day: date, last_day: date) -> go.Figure:
+def spend_over_time(rows: list[tuple[date, object]], first_day: date, last_day: date, tz: str = "UTC") -> go.Figure:
+    """Spend per day; days are the org's days (midnight to midnight in `tz`), and the title says so."""
     by_day = {day: float(cost) for day, cost in rows}
     days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
     # Days without traffic are drawn as zero, not skipped, so gaps read as gaps.
     fig = go.Figure(go.Bar(x=days, y=[by_day.get(d, 0.0) for d in days], marker_color="#2563eb",
                            hovertemplate="%{x|%b %d}: $%{y:,.3~r}<extra></extra>"))
-    fig.update_layout(title="Spend per day", **_LAYOUT)
+    fig.update_layout(title=f"Spend per day ({tz})", **_LAYOUT)
     return fig
 
 
@@ -51,6 +67,8 @@ def cost_components(components) -> go.Figure:
     """
     # Two-line labels: a half-width panel would otherwise tilt them.
     billed = [("Base", components.base), ("Escalation", components.escalation)]
+    if components.unsplit:
+        billed.append(("Not split<br>(older rows)", components.unsplit))
     not_billed = [("Retry", components.retry), ("Cache<br>savings", components.savings_cache),
                   ("Token<br>savings", components.savings_tokens)]
     fig = go.Figure([

@@ -41,24 +41,38 @@ class UsageTotals:
 DASHBOARD_MEASURES = ["requests", "refused", "input_tokens", "output_tokens", "cost_total"]
 
 
-def usage_totals(org_id: int, start: datetime, end: datetime) -> UsageTotals:
-    (row,) = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,)), measures=DASHBOARD_MEASURES)
+# Narrowing a dashboard read: feature, model, api_key_id, user_id (UsageFilter's fields of those names).
+NARROWING = ("feature", "model", "api_key_id", "user_id")
+
+
+def _narrowed(org_ids: tuple[int, ...] | None, start: datetime, end: datetime, tz: str = "UTC",
+              **narrow) -> UsageFilter:
+    unknown = set(narrow) - set(NARROWING)
+    if unknown:
+        raise ValueError(f"cannot narrow by {', '.join(sorted(unknown))}")
+    return UsageFilter(start=start, end=end, org_ids=org_ids, tz=tz,
+                       **{k: v for k, v in narrow.items() if v is not None})
+
+
+def usage_totals(org_id: int, start: datetime, end: datetime, **narrow) -> UsageTotals:
+    """Totals of one org over [start, end); `narrow`: feature, model, api_key_id, user_id (see NARROWING)."""
+    (row,) = usage_summary(_narrowed((org_id,), start, end, **narrow), measures=DASHBOARD_MEASURES)
     return UsageTotals(requests=row["requests"], input_tokens=row["input_tokens"],
                        output_tokens=row["output_tokens"], cost=row["cost_total"], refused=row["refused"])
 
 
-def spend_by_day(org_id: int, start: datetime, end: datetime, tz: str = "UTC") -> list[tuple]:
+def spend_by_day(org_id: int, start: datetime, end: datetime, tz: str = "UTC", **narrow) -> list[tuple]:
     """(day in the org's time zone, cost) rows, oldest first."""
-    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,), tz=tz), ["day"], measures=["cost_total"])
+    rows = usage_summary(_narrowed((org_id,), start, end, tz, **narrow), ["day"], measures=["cost_total"])
     return sorted((row["day"], row["cost_total"]) for row in rows)
 
 
 _GROUPABLE = {"feature": "feature", "model": "model"}
 
 
-def spend_by(dimension: str, org_id: int, start: datetime, end: datetime) -> list[dict]:
+def spend_by(dimension: str, org_id: int, start: datetime, end: datetime, **narrow) -> list[dict]:
     """Spend, requests and tokens grouped by `feature` or `model`, largest spend first."""
-    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,)), [_GROUPABLE[dimension]],
+    rows = usage_summary(_narrowed((org_id,), start, end, **narrow), [_GROUPABLE[dimension]],
                          measures=DASHBOARD_MEASURES)
     return [
         {"key": row[_GROUPABLE[dimension]] or "(none)", "cost": row["cost_total"], "requests": row["requests"],
@@ -416,7 +430,13 @@ GPU_MEASURES = ["requests", "engine_seconds", "cost_gpu"]
 
 @dataclass(frozen=True)
 class CostComponents:
-    """Where the money went. billed == base + escalation; retry is recorded, savings are counterfactual."""
+    """Where the money went. billed == base + escalation + unsplit; retry is recorded, savings are counterfactual.
+
+    Every ledger row written by settlement splits its cost (cost_total == cost_base +
+    cost_escalation). Rows written without the split (history imported or seeded
+    before the components existed carry only cost_total) are still billed: their
+    cost is `unsplit`, shown as its own component so the parts always add up to the bill.
+    """
 
     requests: int
     answered: int
@@ -427,6 +447,11 @@ class CostComponents:
     escalation: Decimal
     savings_cache: Decimal
     savings_tokens: Decimal
+
+    @property
+    def unsplit(self) -> Decimal:
+        """Billed cost that no row assigned to base or escalation (zero for rows settlement wrote)."""
+        return self.billed - self.base - self.escalation
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -489,13 +514,13 @@ def _pools(by_pool: dict, start: datetime, end: datetime, with_capacity: bool) -
 
 
 def cost_breakdown(org_ids: tuple[int, ...] | None, start: datetime, end: datetime, *,
-                   with_capacity: bool = False) -> CostBreakdown:
+                   with_capacity: bool = False, **narrow) -> CostBreakdown:
     """Cost components and cache hits, and engine-seconds and GPU cost per pool (largest GPU cost first).
 
     with_capacity adds the replica-seconds each pool's rates say were paid for
     (utilization = engine-seconds ÷ replica-seconds); only meaningful for all orgs.
     """
-    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=org_ids), ["pool"],
+    rows = usage_summary(_narrowed(org_ids, start, end, **narrow), ["pool"],
                          measures=COMPONENT_MEASURES + ["engine_seconds", "cost_gpu"])
     total = _fold(rows, lambda row: None).get(None, {})
     return CostBreakdown(components=_components(total),
