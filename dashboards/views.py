@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import json
-import zoneinfo
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import plotly.io as pio
 from django.contrib.auth.decorators import login_required
@@ -15,28 +14,17 @@ from budgets.services import budget_statuses
 from metering import queries
 from metering.costs import chargeback_mode
 from metering.models import ChargebackMode
-from tenants.models import Organization
+from tenants.models import ApiKey, Membership, Organization
 from tenants.services import can_view_organization, organizations_managed_by
 
-from . import figures
-
-PERIODS = {"7": 7, "30": 30, "90": 90}
+from . import figures, filters
 
 
 def _charts(charts: dict) -> list[dict]:
     # Plain JSON types (plotly's encoder handles dates and numpy), embedded with json_script.
-    return [{"data_id": f"{name}-data", "figure": json.loads(pio.to_json(fig, validate=False))}
+    return [{"data_id": f"{name}-data",
+             "figure": {**json.loads(pio.to_json(fig, validate=False)), "config": figures.CHART_CONFIG}}
             for name, fig in charts.items()]
-
-
-def _period(request, whole_hours: bool = False) -> tuple[int, datetime, datetime]:
-    days = PERIODS.get(request.GET.get("days", "30"), 30)
-    end = timezone.now()
-    if whole_hours:
-        # End at the next full hour: still everything up to now, but every hour of the range is whole,
-        # so across all orgs only the rollups are read (the raw table's edge hours cost most of the time).
-        end = end.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    return days, end - timedelta(days=days), end
 
 
 @login_required
@@ -48,45 +36,84 @@ def index(request):
     return render(request, "dashboards/index.html", {"orgs": orgs})
 
 
+def _choices(org: Organization) -> dict:
+    """What the filter form offers: the org's features, models in the catalog, its keys and members."""
+    from django.contrib.auth import get_user_model
+
+    from metering.models import CatalogModel
+
+    users = get_user_model().objects.filter(memberships__organization=org).order_by("username")
+    return {
+        "features": list(org.features.order_by("slug").values_list("slug", flat=True)),
+        "models": list(CatalogModel.objects.order_by("tier", "name").values_list("name", flat=True)),
+        "keys": list(org.api_keys.order_by("name").values("pk", "name", "prefix")),
+        "users": [{"pk": u.pk, "name": u.get_username()} for u in users],
+    }
+
+
+def _check_narrowing(org: Organization, view: filters.DashboardView) -> None:
+    """A key or user of another org is a 404, as another org's page is (nothing to learn by guessing ids)."""
+    key_id, user_id = view.narrow.get("api_key_id"), view.narrow.get("user_id")
+    if key_id is not None and not ApiKey.objects.filter(pk=key_id, organization=org).exists():
+        raise Http404("No such API key in this organization.")
+    if user_id is not None and not Membership.objects.filter(user_id=user_id, organization=org).exists():
+        raise Http404("No such user in this organization.")
+
+
+def _usage_csv_url(org: Organization, view: filters.DashboardView) -> str:
+    """The usage API's CSV of what the page shows: per day, feature and model, the same filters."""
+    from django.urls import reverse
+    from django.utils.http import urlencode
+
+    params = {"org": org.slug, "start": view.start.isoformat(), "end": view.end.isoformat(), "tz": view.tz,
+              "group_by": "day,feature,model", "format": "csv", **{
+                  name: view.narrow[arg] for name, arg in
+                  (("feature", "feature"), ("model", "model"), ("key", "api_key_id"), ("user", "user_id"))
+                  if arg in view.narrow}}
+    return f"{reverse('usage:summary')}?{urlencode(params)}"
+
+
 @login_required
 def org_dashboard(request, org_slug: str):
     org = get_object_or_404(Organization, slug=org_slug)
     if not can_view_organization(request.user, org):
         # 404, not 403: a manager must not learn which other orgs exist.
         raise Http404("No such organization.")
-    days, start, end = _period(request)
     tz = org.timezone
+    view = filters.read_view(request.GET, tz)
+    context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view,
+               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+    if view.errors:
+        # Say what was wrong instead of quietly showing another period.
+        return render(request, "dashboards/org.html", {**context, "charts": []}, status=400)
+    _check_narrowing(org, view)
+    start, end, narrow = view.start, view.end, view.narrow
 
-    totals = queries.usage_totals(org.pk, start, end)
-    by_feature = queries.spend_by("feature", org.pk, start, end)
-    by_model = queries.spend_by("model", org.pk, start, end)
-    local_end = timezone.localtime(end, timezone=zoneinfo.ZoneInfo(tz)).date()
-    local_start = timezone.localtime(start, timezone=zoneinfo.ZoneInfo(tz)).date()
-    breakdown = queries.cost_breakdown((org.pk,), start, end)
+    totals = queries.usage_totals(org.pk, start, end, **narrow)
+    by_feature = queries.spend_by("feature", org.pk, start, end, **narrow)
+    by_model = queries.spend_by("model", org.pk, start, end, **narrow)
+    breakdown = queries.cost_breakdown((org.pk,), start, end, **narrow)
     components, gpu_pools = breakdown.components, breakdown.pools
     charts = {
-        "spend-over-time": figures.spend_over_time(queries.spend_by_day(org.pk, start, end, tz), local_start,
-                                                   local_end),
+        "spend-over-time": figures.spend_over_time(queries.spend_by_day(org.pk, start, end, tz, **narrow),
+                                                   view.first_day, view.last_day, tz),
         "spend-by-feature": figures.spend_by_key(by_feature, "Spend by feature", "#7c3aed"),
         "spend-by-model": figures.spend_by_key(by_model, "Spend by model", "#059669"),
         "cost-components": figures.cost_components(components),
         "gpu-by-pool": figures.gpu_by_pool(gpu_pools),
     }
-    context = {
-        "org": org,
-        "orgs": organizations_managed_by(request.user),
-        "days": days,
-        "periods": PERIODS.values(),
+    context.update({
         "totals": totals,
         "by_feature": by_feature,
         "by_model": by_model,
-        "budgets": budget_statuses(org.pk, end),
+        "budgets": budget_statuses(org.pk, timezone.now()),
         "components": components,
         "gpu_pools": gpu_pools,
         # Under GPU chargeback the GPU cost is what the org pays; under token prices it is only shown.
         "gpu_billed": chargeback_mode(org.pk) != ChargebackMode.TOKENS,
+        "csv_url": _usage_csv_url(org, view),
         "charts": _charts(charts),
-    }
+    })
     return render(request, "dashboards/org.html", context)
 
 
@@ -95,7 +122,22 @@ def staff_overview(request):
     """Every org's spend, retry cost and savings, and GPU utilization per pool. Staff only."""
     if not request.user.is_staff:
         raise PermissionDenied("Staff only.")
-    days, start, end = _period(request, whole_hours=True)
+    view = filters.read_view(request.GET, "UTC")
+    errors = list(view.errors)
+    if view.narrow:
+        # This page reads every org at once; narrowing is for one org's page (never silently ignored).
+        given = sorted(view.params.keys() & {"feature", "model", "key", "user"})
+        errors.append(f"The all-organizations page cannot be filtered by {', '.join(given)}; "
+                      "open an organization's page to filter.")
+    context = {"view": view, "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "errors": errors}
+    if errors:
+        return render(request, "dashboards/overview.html", {**context, "charts": []}, status=400)
+    start, end = view.start, view.end
+    if not view.custom:
+        # End at the next full hour: still everything up to now, but every hour of the range is whole,
+        # so across all orgs only the rollups are read (the raw table's edge hours cost most of the time).
+        end = end.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        start = end - timedelta(days=view.days)
     overview = queries.platform_overview(start, end)
     charts = {
         "spend-by-org": figures.spend_by_key(overview.by_org, "Spend by organization", "#2563eb"),
@@ -105,7 +147,7 @@ def staff_overview(request):
         "pool-utilization": figures.pool_utilization(overview.pools),
     }
     return render(request, "dashboards/overview.html", {
-        "days": days, "periods": PERIODS.values(), "start": start, "end": end, "by_org": overview.by_org,
+        **context, "start": start, "end": end, "by_org": overview.by_org,
         "by_model": overview.by_model, "components": overview.components, "gpu_pools": overview.pools,
         "charts": _charts(charts),
     })

@@ -222,6 +222,16 @@ def usage_filter(request, params: dict) -> queries.UsageFilter:
     )
 
 
+def csv_filename(kind: str, params: dict, request) -> str:
+    """tollgate-usage-acme-20261101-20261201: the org (else "all" for staff, "my-orgs" for a manager) and
+    the period's UTC dates, end exclusive."""
+    start = params["start"].astimezone(dt_timezone.utc)
+    end = params["end"].astimezone(dt_timezone.utc)
+    parts = ["tollgate", kind, params.get("org") or ("all" if request.user.is_staff else "my-orgs"), f"{start:%Y%m%d}", f"{end:%Y%m%d}"]
+    # Slugs are [-a-zA-Z0-9_]: safe inside the quoted header value.
+    return "-".join(parts)
+
+
 _FORMAT = OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"],
                            description="csv: every matching row as CSV (no paging).")
 
@@ -230,10 +240,13 @@ class _UsageView(APIView):
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer, CsvRenderer]
     pagination_class = UsagePagination
 
-    def _respond(self, request, rows: _LazyRows, serializer_class):
+    def _respond(self, request, rows: _LazyRows, serializer_class, filename: str = "usage"):
         if getattr(request, "accepted_renderer", None) and request.accepted_renderer.format == "csv":
             everything = rows[0:rows.count()] if rows.count() else []
-            return Response(serializer_class(everything, many=True).data)
+            response = Response(serializer_class(everything, many=True).data)
+            # A download with a name that says what it holds (browsers otherwise save "usage" or "events").
+            response["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
+            return response
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(rows, request, view=self)
         return paginator.get_paginated_response(serializer_class(page, many=True).data)
@@ -251,7 +264,7 @@ class UsageSummaryView(_UsageView):
         group_by = params["group_by"]
         rows = _LazyRows(lambda: queries.usage_summary_count(f, group_by),
                          lambda limit, offset: queries.usage_summary(f, group_by, limit=limit, offset=offset))
-        return self._respond(request, rows, UsageGroup)
+        return self._respond(request, rows, UsageGroup, csv_filename("usage", params, request))
 
 
 class UsageEventsView(_UsageView):
@@ -264,7 +277,7 @@ class UsageEventsView(_UsageView):
         f = usage_filter(request, query.validated_data)
         rows = _LazyRows(lambda: queries.usage_events_count(f),
                          lambda limit, offset: queries.usage_events(f, limit=limit, offset=offset))
-        return self._respond(request, rows, UsageEvent)
+        return self._respond(request, rows, UsageEvent, csv_filename("usage-events", query.validated_data, request))
 
 
 # --- Pool statements (staff only): /api/pools/<pool>/statement/ -------------------------------
