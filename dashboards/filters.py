@@ -121,3 +121,42 @@ def read_view(get, tz: str, now: datetime | None = None) -> DashboardView:
         narrow={k: v for k, v in narrow.items() if v is not None},
         params=given, errors=[] if valid else _messages(form),
     )
+
+
+class MonthQuery(forms.Form):
+    month = forms.RegexField(r"^\d{4}-(0[1-9]|1[0-2])$", required=False,
+                             error_messages={"invalid": "Give a month as YYYY-MM, for example 2026-11."})
+
+
+@dataclass(frozen=True)
+class MonthView:
+    """A calendar month in the org's time zone: [start, end) from local midnight on the 1st."""
+
+    month: str
+    start: datetime
+    end: datetime
+    tz: str
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def previous(self) -> str:
+        year, month = map(int, self.month.split("-"))
+        return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
+
+    @property
+    def next(self) -> str:
+        year, month = map(int, self.month.split("-"))
+        return f"{year + 1}-01" if month == 12 else f"{year}-{month + 1:02d}"
+
+
+def read_month(get, tz: str, now: datetime | None = None) -> MonthView:
+    """The month `?month=YYYY-MM` asks for (default: this month in `tz`)."""
+    zone = zoneinfo.ZoneInfo(tz)
+    local_now = timezone.localtime(now or timezone.now(), zone)
+    form = MonthQuery({"month": get.get("month", "").strip()})
+    valid = form.is_valid()
+    month = (form.cleaned_data.get("month") if valid else "") or f"{local_now:%Y-%m}"
+    year, number = map(int, month.split("-"))
+    start = datetime(year, number, 1, tzinfo=zone)
+    end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=zone)
+    return MonthView(month=month, start=start, end=end, tz=tz, errors=[] if valid else _messages(form))

@@ -8,5 +8,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     # Two segments, so no organization slug can shadow it (org pages are one segment).
     path("staff/overview/", views.staff_overview, name="staff-overview"),
+    path("staff/statements/", views.staff_statements, name="staff-statements"),
     path("<slug:org_slug>/", views.org_dashboard, name="org"),
+    path("<slug:org_slug>/statement/", views.org_statement, name="statement"),
 ]

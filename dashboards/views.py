@@ -151,3 +151,49 @@ def staff_overview(request):
         "by_model": overview.by_model, "components": overview.components, "gpu_pools": overview.pools,
         "charts": _charts(charts),
     })
+
+
+def _statement_csv_url(org: Organization, month: filters.MonthView) -> str:
+    """The usage API's CSV of the statement's lines (same period, feature × model), named for the month."""
+    from django.urls import reverse
+    from django.utils.http import urlencode
+
+    params = {"org": org.slug, "start": month.start.isoformat(), "end": month.end.isoformat(),
+              "group_by": "feature,model", "format": "csv"}
+    return f"{reverse('usage:summary')}?{urlencode(params)}"
+
+
+def _statement(org: Organization, month: filters.MonthView) -> dict:
+    return {"org": org, "statement": queries.chargeback_statement(org.pk, month.start, month.end),
+            "csv_url": _statement_csv_url(org, month)}
+
+
+@login_required
+def org_statement(request, org_slug: str):
+    """The month's chargeback statement of one org: lines per feature × model, printable, with a CSV."""
+    org = get_object_or_404(Organization, slug=org_slug)
+    if not can_view_organization(request.user, org):
+        raise Http404("No such organization.")
+    month = filters.read_month(request.GET, org.timezone)
+    context = {"org": org, "orgs": organizations_managed_by(request.user), "month": month}
+    if month.errors:
+        return render(request, "dashboards/statement.html", context, status=400)
+    context["statements"] = [_statement(org, month)]
+    return render(request, "dashboards/statement.html", context)
+
+
+@login_required
+def staff_statements(request):
+    """Every org's statement for one month, each in its own time zone. Staff only."""
+    if not request.user.is_staff:
+        raise PermissionDenied("Staff only.")
+    month = filters.read_month(request.GET, "UTC")
+    context = {"month": month, "all_orgs": True}
+    if month.errors:
+        return render(request, "dashboards/statement.html", context, status=400)
+    statements = []
+    for org in Organization.objects.order_by("slug"):
+        org_month = filters.read_month({"month": month.month}, org.timezone)
+        statements.append({**_statement(org, org_month), "month": org_month})
+    context["statements"] = statements
+    return render(request, "dashboards/statement.html", context)

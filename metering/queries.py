@@ -560,3 +560,62 @@ def platform_overview(start: datetime, end: datetime) -> PlatformOverview:
         components=_components(_fold(rows, lambda row: None).get(None, {})),
         pools=_pools(_fold(rows, lambda row: row["pool"]), start, end, with_capacity=True),
     )
+
+
+# --- Chargeback statement: one org, one period, lines per feature × model --------------------------
+
+STATEMENT_MEASURES = ["requests", "errors", "input_tokens", "cached_input_tokens", "output_tokens", "engine_seconds",
+                      "cost_gpu", "cost_base", "cost_escalation", "cost_retry", "cost_total"]
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    feature: str
+    model: str
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    engine_seconds: float
+    cost_gpu: Decimal
+    base: Decimal
+    escalation: Decimal
+    retry: Decimal  # recorded, not billed
+    billed: Decimal
+
+    @property
+    def unsplit(self) -> Decimal:
+        """Billed cost of rows that carry only a total (see CostComponents.unsplit)."""
+        return self.billed - self.base - self.escalation
+
+
+@dataclass(frozen=True)
+class Statement:
+    org_id: int
+    start: datetime
+    end: datetime
+    lines: list[StatementLine]
+    total: StatementLine
+
+
+def _statement_line(feature: str, model: str, m: dict) -> StatementLine:
+    return StatementLine(
+        feature=feature, model=model, requests=m.get("requests", 0), input_tokens=m.get("input_tokens", 0),
+        cached_input_tokens=m.get("cached_input_tokens", 0), output_tokens=m.get("output_tokens", 0),
+        engine_seconds=float(m.get("engine_seconds", 0.0)), cost_gpu=Decimal(m.get("cost_gpu", 0)),
+        base=Decimal(m.get("cost_base", 0)), escalation=Decimal(m.get("cost_escalation", 0)),
+        retry=Decimal(m.get("cost_retry", 0)), billed=Decimal(m.get("cost_total", 0)))
+
+
+def chargeback_statement(org_id: int, start: datetime, end: datetime) -> Statement:
+    """What one org is charged over [start, end): a line per feature × model (largest first) and the total.
+
+    Read through usage_summary like the usage API, so each line and the total equal
+    `/api/usage/?group_by=feature,model` for the same period to the nano-dollar.
+    """
+    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,)), ["feature", "model"],
+                         measures=STATEMENT_MEASURES)
+    rows = [r for r in rows if r["requests"] or r["cost_total"] or r["cost_retry"]]
+    lines = [_statement_line(r["feature"] or "(none)", r["model"] or "(none)", r) for r in rows]
+    total = _fold(rows, lambda row: None).get(None, {})
+    return Statement(org_id=org_id, start=start, end=end, lines=lines, total=_statement_line("", "", total))
