@@ -11,4 +11,6 @@ urlpatterns = [
     path("staff/statements/", views.staff_statements, name="staff-statements"),
     path("<slug:org_slug>/", views.org_dashboard, name="org"),
     path("<slug:org_slug>/statement/", views.org_statement, name="statement"),
+    path("<slug:org_slug>/requests/", views.request_log, name="requests"),
+    path("<slug:org_slug>/requests/<str:request_id>/", views.request_detail, name="request"),
 ]

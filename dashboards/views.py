@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from datetime import timedelta
 
 import plotly.io as pio
@@ -197,3 +198,54 @@ def staff_statements(request):
         statements.append({**_statement(org, org_month), "month": org_month})
     context["statements"] = statements
     return render(request, "dashboards/statement.html", context)
+
+
+REQUEST_LOG_PAGE = 50
+
+
+def _viewable_org(request, org_slug: str) -> Organization:
+    org = get_object_or_404(Organization, slug=org_slug)
+    if not can_view_organization(request.user, org):
+        raise Http404("No such organization.")
+    return org
+
+
+@login_required
+def request_log(request, org_slug: str):
+    """The org's attempts, newest first, 50 a page, with the dashboard's period and filters."""
+    org = _viewable_org(request, org_slug)
+    view = filters.read_view(request.GET, org.timezone)
+    page_number = request.GET.get("page", "1")
+    errors = list(view.errors)
+    if not page_number.isdigit() or int(page_number) < 1:
+        errors.append(f"page: give a page number from 1 (you gave {page_number!r})")
+    context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view, "errors": errors,
+               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+    if errors:
+        return render(request, "dashboards/requests.html", context, status=400)
+    _check_narrowing(org, view)
+    page = int(page_number)
+    count, rows = queries.request_log(org.pk, view.start, view.end, limit=REQUEST_LOG_PAGE,
+                                      offset=(page - 1) * REQUEST_LOG_PAGE, **view.narrow)
+    pages = max(1, -(-count // REQUEST_LOG_PAGE))
+    if page > pages:
+        raise Http404("No such page.")
+    context.update({"rows": rows, "count": count, "page": page, "pages": pages,
+                    "previous_page": view.query_string(page=page - 1) if page > 1 else None,
+                    "next_page": view.query_string(page=page + 1) if page < pages else None})
+    return render(request, "dashboards/requests.html", context)
+
+
+@login_required
+def request_detail(request, org_slug: str, request_id: str):
+    """One request: each attempt with its cost components, cache, route and trace id (from the ledger)."""
+    org = _viewable_org(request, org_slug)
+    attempts = queries.request_attempts(org.pk, request_id)
+    if not attempts:
+        raise Http404("No such request in this organization.")
+    billed = sum((a.cost_total for a in attempts), Decimal(0))
+    return render(request, "dashboards/request_detail.html", {
+        "org": org, "orgs": organizations_managed_by(request.user), "request_id": request_id,
+        "attempts": attempts, "billed": billed, "trace_id": next((a.trace_id for a in attempts if a.trace_id), ""),
+        "back": request.GET.get("back", ""),
+    })

@@ -619,3 +619,23 @@ def chargeback_statement(org_id: int, start: datetime, end: datetime) -> Stateme
     lines = [_statement_line(r["feature"] or "(none)", r["model"] or "(none)", r) for r in rows]
     total = _fold(rows, lambda row: None).get(None, {})
     return Statement(org_id=org_id, start=start, end=end, lines=lines, total=_statement_line("", "", total))
+
+
+# --- Request log (drill-down): attempts newest first, and one request's attempts from the ledger ----
+
+
+def request_log(org_id: int, start: datetime, end: datetime, *, limit: int, offset: int = 0,
+                **narrow) -> tuple[int, list[dict]]:
+    """(how many attempts match, one page of them newest first) from usage_events; `narrow` as usage_totals."""
+    f = _narrowed((org_id,), start, end, **narrow)
+    return usage_events_count(f), usage_events(f, limit=limit, offset=offset)
+
+
+def request_attempts(org_id: int, request_id: str) -> list[UsageRecord]:
+    """Every ledger row (attempt) of one request of one org, in the order they happened.
+
+    Read from the ledger (PostgreSQL), not ClickHouse: it is exact, includes rows not
+    shipped yet, and carries what the analytics table does not (replica, errors, timings).
+    """
+    return list(UsageRecord.objects.filter(organization_id=org_id, request_id=request_id)
+                .order_by("created_at", "retry_attempt", "event_id"))
