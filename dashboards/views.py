@@ -93,6 +93,8 @@ def org_dashboard(request, org_slug: str):
     totals = queries.usage_totals(org.pk, start, end, **narrow)
     by_feature = queries.spend_by("feature", org.pk, start, end, **narrow)
     by_model = queries.spend_by("model", org.pk, start, end, **narrow)
+    by_key = queries.top_spenders("key", org.pk, start, end, **narrow)
+    by_user = queries.top_spenders("user", org.pk, start, end, **narrow)
     breakdown = queries.cost_breakdown((org.pk,), start, end, **narrow)
     components, gpu_pools = breakdown.components, breakdown.pools
     charts = {
@@ -107,6 +109,8 @@ def org_dashboard(request, org_slug: str):
         "totals": totals,
         "by_feature": by_feature,
         "by_model": by_model,
+        "by_key": by_key,
+        "by_user": by_user,
         "budgets": budget_statuses(org.pk, timezone.now()),
         "components": components,
         "gpu_pools": gpu_pools,

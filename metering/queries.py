@@ -81,6 +81,31 @@ def spend_by(dimension: str, org_id: int, start: datetime, end: datetime, **narr
     ]
 
 
+def top_spenders(dimension: str, org_id: int, start: datetime, end: datetime, *, limit: int = 10,
+                 **narrow) -> list[dict]:
+    """The org's largest spenders by API key (`key`) or user (`user`): id, label, spend, requests, tokens.
+
+    Keys and users are not in the rollups, so this reads usage_events (one org's range: its own granules).
+    Attempts without a key or user (id 0) are left out.
+    """
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import ApiKey
+
+    if dimension not in ("key", "user"):
+        raise ValueError(f"top spenders by {dimension!r}: give key or user")
+    rows = [r for r in usage_summary(_narrowed((org_id,), start, end, **narrow), [dimension],
+                                     measures=DASHBOARD_MEASURES, limit=limit + 1) if r[dimension]][:limit]
+    ids = [r[dimension] for r in rows]
+    if dimension == "key":
+        labels = {k.pk: f"{k.name} ({k.prefix}…)" for k in ApiKey.objects.filter(pk__in=ids, organization_id=org_id)}
+    else:
+        labels = {u.pk: u.get_username() for u in get_user_model().objects.filter(pk__in=ids)}
+    return [{"id": r[dimension], "label": labels.get(r[dimension], f"#{r[dimension]}"), "cost": r["cost_total"],
+             "requests": r["requests"], "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"]}
+            for r in rows]
+
+
 # --- Usage analytics: daily rollup for whole days, hourly for whole hours, raw for the edges -------
 #
 # usage_daily and usage_hourly (SummingMergeTrees fed by materialized views)

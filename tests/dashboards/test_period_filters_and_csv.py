@@ -143,3 +143,23 @@ def test_the_usage_api_names_its_csv_files(client, acme):
     client.force_login(acme.manager)
     response = client.get("/api/usage/events/?format=csv&start=2026-11-01T00:00:00Z&end=2026-12-01T00:00:00Z")
     assert response["Content-Disposition"] == 'attachment; filename="tollgate-usage-events-my-orgs-20261101-20261201.csv"'
+
+
+def test_top_keys_and_users_show_their_spend_and_drill_down_to_their_filter(client, acme):
+    User = get_user_model()
+    carol = User.objects.create_user("carol")
+    Membership.objects.create(user=carol, organization=acme.org)
+    now = timezone.now()
+    record_attempt(acme.org, now - timedelta(days=1), api_key_id=acme.key.pk, output_tokens=400)
+    record_attempt(acme.org, now - timedelta(days=1), api_key_id=acme.key.pk, user_id=carol.pk)
+    record_attempt(acme.org, now - timedelta(days=1))  # no key, no user: in the totals only
+    ship_pending_usage()
+    client.force_login(acme.manager)
+    html = client.get(f"/dashboards/{acme.org.slug}/").content.decode()
+
+    key_row = re.search(rf'<tr data-key="{acme.key.pk}">(.*?)</tr>', html).group(1)
+    assert acme.key.name in key_row and f'data-exact="{ledger_total(api_key=acme.key)}"' in key_row
+    user_row = re.search(rf'<tr data-user="{carol.pk}">(.*?)</tr>', html).group(1)
+    assert "carol" in user_row and f'data-exact="{ledger_total(user=carol)}"' in user_row
+    assert f"&amp;key={acme.key.pk}" in key_row and f"&amp;user={carol.pk}" in user_row
+    assert len(re.findall(r"<tr data-key=", html)) == 1 and len(re.findall(r"<tr data-user=", html)) == 1
