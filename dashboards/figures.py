@@ -123,3 +123,21 @@ def pool_utilization(pools: list) -> go.Figure:
     layout = dict(_LAYOUT, xaxis=dict(tickformat=".0%", gridcolor="#e5e7eb", rangemode="tozero"), yaxis=dict())
     fig.update_layout(title="GPU utilization per pool", **layout)
     return _say_when_empty(fig, not rated, "No pool with a rate was used in this period")
+
+
+def retries_and_escalations_over_time(rows: list, first_day: date, last_day: date, tz: str) -> go.Figure:
+    """Retry cost (not billed) and escalation cost (billed) per day, side by side."""
+    by_day = {r.key: r for r in rows}
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    fig = go.Figure([
+        go.Bar(x=days, y=[float(by_day[d].escalation) if d in by_day else 0.0 for d in days],
+               name="Escalation (billed)", marker_color=_BILLED,
+               hovertemplate="%{x|%b %d}: $%{y:,.3~r} escalation (billed)<extra></extra>"),
+        go.Bar(x=days, y=[float(by_day[d].retry) if d in by_day else 0.0 for d in days],
+               name="Retry (not billed)", marker_color=_NOT_BILLED, marker_pattern_shape="/",
+               hovertemplate="%{x|%b %d}: $%{y:,.3~r} retry (not billed)<extra></extra>"),
+    ])
+    fig.update_layout(title=f"Retry and escalation cost per day ({tz})", barmode="group",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    return _say_when_empty(fig, not any(r.retry or r.escalation for r in rows),
+                           "No retries or escalations in this period")

@@ -253,3 +253,19 @@ def request_detail(request, org_slug: str, request_id: str):
         "attempts": attempts, "billed": billed, "trace_id": next((a.trace_id for a in attempts if a.trace_id), ""),
         "back": request.GET.get("back", ""),
     })
+
+
+@login_required
+def retries(request, org_slug: str):
+    """Retry cost (recorded, not billed) and escalation cost (billed) over time and by model."""
+    org = _viewable_org(request, org_slug)
+    view = filters.read_view(request.GET, org.timezone)
+    context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view,
+               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+    if view.errors:
+        return render(request, "dashboards/retries.html", {**context, "charts": []}, status=400)
+    _check_narrowing(org, view)
+    data = queries.retries_and_escalations(org.pk, view.start, view.end, org.timezone, **view.narrow)
+    charts = {"retries-over-time": figures.retries_and_escalations_over_time(data.by_day, view.first_day,
+                                                                             view.last_day, org.timezone)}
+    return render(request, "dashboards/retries.html", {**context, "data": data, "charts": _charts(charts)})

@@ -664,3 +664,52 @@ def request_attempts(org_id: int, request_id: str) -> list[UsageRecord]:
     """
     return list(UsageRecord.objects.filter(organization_id=org_id, request_id=request_id)
                 .order_by("created_at", "retry_attempt", "event_id"))
+
+
+# --- Retries and escalations: what failed attempts and replaced answers cost, per day and per model ------
+
+
+@dataclass(frozen=True)
+class RetryEscalationRow:
+    key: object  # a day (in the filter's time zone) or a model name
+    requests: int
+    errors: int
+    retry: Decimal  # recorded, not billed
+    escalation: Decimal  # billed
+    billed: Decimal
+
+    @property
+    def escalation_share(self) -> float | None:
+        """Escalation's share of what was billed."""
+        return float(self.escalation / self.billed) if self.billed else None
+
+    @property
+    def retry_share(self) -> float | None:
+        """Retry cost against what was billed (how much more the failures would have added)."""
+        return float(self.retry / self.billed) if self.billed else None
+
+
+@dataclass(frozen=True)
+class RetriesAndEscalations:
+    by_day: list[RetryEscalationRow]
+    by_model: list[RetryEscalationRow]
+    total: RetryEscalationRow
+
+
+def retries_and_escalations(org_id: int, start: datetime, end: datetime, tz: str = "UTC",
+                            **narrow) -> RetriesAndEscalations:
+    """One read grouped by day × model, folded by day (oldest first) and by model (largest retry + escalation)."""
+    rows = usage_summary(_narrowed((org_id,), start, end, tz, **narrow), ["day", "model"],
+                         measures=["requests", "errors", "cost_retry", "cost_escalation", "cost_total"])
+
+    def row(key, m) -> RetryEscalationRow:
+        return RetryEscalationRow(key=key, requests=m.get("requests", 0), errors=m.get("errors", 0),
+                                  retry=Decimal(m.get("cost_retry", 0)),
+                                  escalation=Decimal(m.get("cost_escalation", 0)),
+                                  billed=Decimal(m.get("cost_total", 0)))
+
+    by_day = sorted((row(k, m) for k, m in _fold(rows, lambda r: r["day"]).items()), key=lambda r: r.key)
+    by_model = sorted((row(k or "(none)", m) for k, m in _fold(rows, lambda r: r["model"]).items()),
+                      key=lambda r: (-(r.retry + r.escalation), -r.billed, r.key))
+    return RetriesAndEscalations(by_day=by_day, by_model=by_model,
+                                 total=row(None, _fold(rows, lambda r: None).get(None, {})))
