@@ -269,3 +269,34 @@ def retries(request, org_slug: str):
     charts = {"retries-over-time": figures.retries_and_escalations_over_time(data.by_day, view.first_day,
                                                                              view.last_day, org.timezone)}
     return render(request, "dashboards/retries.html", {**context, "data": data, "charts": _charts(charts)})
+
+
+# Where a breakdown row drills down to: the next dimension, filtered to the row.
+DRILL_DOWN = {"feature": "model", "model": "key", "key": "user", "user": "feature"}
+FILTER_PARAM = {"feature": "feature", "model": "model", "key": "key", "user": "user"}
+
+
+@login_required
+def breakdown(request, org_slug: str, dimension: str):
+    """Features, models, keys or users: cost, tokens, requests, cost per request, latency, TTFT, errors."""
+    org = _viewable_org(request, org_slug)
+    if dimension not in queries.BREAKDOWN_DIMENSIONS:
+        raise Http404("No such breakdown.")
+    view = filters.read_view(request.GET, org.timezone)
+    context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view, "dimension": dimension,
+               "dimensions": queries.BREAKDOWN_DIMENSIONS, "presets": filters.PRESETS,
+               "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+    if view.errors:
+        return render(request, "dashboards/breakdown.html", context, status=400)
+    _check_narrowing(org, view)
+    rows = queries.breakdown(dimension, org.pk, view.start, view.end, **view.narrow)
+    following = DRILL_DOWN[dimension]
+    param = FILTER_PARAM[dimension]
+    context.update({
+        "rows": [{"row": r, "drill": view.query_string(**{param: r.key})} for r in rows],
+        "drills_to": following,
+        # Back up: the same page without each filter that narrowed it (how a drill-down came here).
+        "active_filters": [(name, view.params[name], view.query_string(**{name: None}))
+                           for name in FILTER_PARAM.values() if view.params.get(name)],
+    })
+    return render(request, "dashboards/breakdown.html", context)
