@@ -41,6 +41,7 @@ class Visit:
         self.context = browser.new_context(viewport=viewport)
         self.context.add_init_script(WATCH_POLICY)
         self.page = self.context.new_page()
+        self.page.set_default_timeout(90000)  # a loaded 2-core machine can take long to draw the charts
         self.hosts: set[str] = set()
         self.console_errors: list[str] = []
         self.page.on("request", lambda r: self.hosts.add(urlsplit(r.url).netloc))
@@ -58,10 +59,16 @@ class Visit:
     def open(self, path: str, charts: bool = False) -> dict:
         response = self.page.goto(f"{self.base_url}{path}")
         if charts:
-            self.page.wait_for_function(ALL_CHARTS_DRAWN, timeout=30000)
+            self.page.wait_for_function(ALL_CHARTS_DRAWN, timeout=90000)
         self.page.wait_for_load_state("networkidle")
         return {"status": response.status, "width": self.page.evaluate(OVERFLOW),
                 "violations": self.page.evaluate("window.__violations")}
+
+
+def org_pages(org_slug: str) -> list[str]:
+    """The org's other pages (charts=True for the ones that draw)."""
+    return [f"/dashboards/{org_slug}/statement/", f"/dashboards/{org_slug}/requests/",
+            f"/dashboards/{org_slug}/by/feature/", f"/dashboards/{org_slug}/by/key/?feature=chat"]
 
 
 def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: list[str]) -> dict:
@@ -79,6 +86,9 @@ def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: 
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             phone.page.screenshot(path=str(SCREENSHOTS / "org-dashboard-phone.png"), full_page=True)
             seen["phone_filtered"] = phone.open(f"/dashboards/{org_slug}/?days=7&feature=chat", charts=True)
+            seen["phone_retries"] = phone.open(f"/dashboards/{org_slug}/retries/", charts=True)
+            for path in org_pages(org_slug):
+                seen[f"phone {path}"] = phone.open(path)
             seen["phone_hosts"], seen["phone_console"] = phone.hosts, phone.console_errors
 
             desk = Visit(browser, base_url, {"width": 1366, "height": 900})
@@ -87,7 +97,7 @@ def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: 
             desk.page.screenshot(path=str(SCREENSHOTS / "org-dashboard.png"), full_page=True)
             seen["desk_overview"] = desk.open("/dashboards/staff/overview/", charts=True)
             desk.page.screenshot(path=str(SCREENSHOTS / "staff-overview.png"), full_page=True)
-            for path in admin_paths:
+            for path in admin_paths + org_pages(org_slug) + ["/dashboards/staff/statements/"]:
                 seen[path] = desk.open(path)
             desk.page.goto(f"{base_url}/admin/serving/pool/")
             desk.page.screenshot(path=str(SCREENSHOTS / "admin-pools.png"), full_page=True)
@@ -122,13 +132,16 @@ def test_pages_fit_a_phone_offer_no_cloud_upload_and_keep_the_policy(live_gatewa
                            admin_paths).result(timeout=300)
 
     host = urlsplit(live_gateway.url).netloc
-    for name in ("phone_org", "phone_filtered", "desk_org", "desk_overview", *admin_paths):
+    phone_pages = ["phone_org", "phone_filtered", "phone_retries", *(f"phone {p}" for p in org_pages(acme.org.slug))]
+    desk_pages = ["desk_org", "desk_overview", *admin_paths, *org_pages(acme.org.slug), "/dashboards/staff/statements/"]
+    for name in phone_pages + desk_pages:
         assert seen[name]["status"] == 200, name
         assert seen[name]["violations"] == [], name
-    assert seen["phone_org"]["width"] <= 390 and seen["phone_filtered"]["width"] <= 390
+    for name in phone_pages:
+        assert seen[name]["width"] <= 390, name
     table_width, box_width, overflow = seen["phone_budget_box"]
     assert box_width <= 390 and overflow == "auto" and table_width > box_width  # it scrolls in its box
-    for path in admin_paths:
+    for path in desk_pages:
         assert seen[path]["width"] <= 1366, path
     # Plotly's PNG download is kept; nothing offers to upload the chart.
     assert "Download plot as a PNG" in seen["modebar"]
