@@ -141,3 +141,32 @@ def retries_and_escalations_over_time(rows: list, first_day: date, last_day: dat
                       legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
     return _say_when_empty(fig, not any(r.retry or r.escalation for r in rows),
                            "No retries or escalations in this period")
+
+
+def savings_over_time(rows: list, first_day: date, last_day: date, tz: str) -> go.Figure:
+    """Cache and token-optimization savings per day (counterfactual: what was not spent), stacked."""
+    by_day = {r.key: r for r in rows}
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    fig = go.Figure([
+        go.Bar(x=days, y=[float(by_day[d].savings_cache) if d in by_day else 0.0 for d in days],
+               name="Cache", marker_color="#16a34a", hovertemplate="%{x|%b %d}: $%{y:,.3~r} saved by the cache<extra></extra>"),
+        go.Bar(x=days, y=[float(by_day[d].savings_tokens) if d in by_day else 0.0 for d in days],
+               name="Token optimization", marker_color="#0891b2",
+               hovertemplate="%{x|%b %d}: $%{y:,.3~r} saved by token optimization<extra></extra>"),
+    ])
+    fig.update_layout(title=f"Saved per day, not billed ({tz})", barmode="stack",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    return _say_when_empty(fig, not any(r.saved for r in rows), "Nothing saved in this period")
+
+
+def cache_hit_rate_over_time(rows: list, first_day: date, last_day: date, tz: str) -> go.Figure:
+    """Cache hits per answered attempt, per day (days without traffic are gaps, not zeros)."""
+    by_day = {r.key: r for r in rows}
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    fig = go.Figure(go.Scatter(
+        x=days, y=[by_day[d].cache_hit_rate if d in by_day else None for d in days], mode="lines+markers",
+        name="Exact cache", line_color="#16a34a", connectgaps=False,
+        hovertemplate="%{x|%b %d}: %{y:.1%} of answered attempts<extra></extra>"))
+    layout = dict(_LAYOUT, yaxis=dict(tickformat=".0%", gridcolor="#e5e7eb", rangemode="tozero"))
+    fig.update_layout(title=f"Cache-hit rate per day ({tz})", **layout)
+    return _say_when_empty(fig, not rows, "No answered attempts in this period")

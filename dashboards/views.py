@@ -300,3 +300,22 @@ def breakdown(request, org_slug: str, dimension: str):
                            for name in FILTER_PARAM.values() if view.params.get(name)],
     })
     return render(request, "dashboards/breakdown.html", context)
+
+
+@login_required
+def savings(request, org_slug: str):
+    """What the cache and token optimization saved (not billed), per day and per feature, and hit rates."""
+    org = _viewable_org(request, org_slug)
+    view = filters.read_view(request.GET, org.timezone)
+    context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view,
+               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+    if view.errors:
+        return render(request, "dashboards/savings.html", {**context, "charts": []}, status=400)
+    _check_narrowing(org, view)
+    data = queries.savings(org.pk, view.start, view.end, org.timezone, **view.narrow)
+    charts = {
+        "savings-over-time": figures.savings_over_time(data.by_day, view.first_day, view.last_day, org.timezone),
+        "cache-hit-rate": figures.cache_hit_rate_over_time(data.by_day, view.first_day, view.last_day,
+                                                           org.timezone),
+    }
+    return render(request, "dashboards/savings.html", {**context, "data": data, "charts": _charts(charts)})
