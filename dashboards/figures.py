@@ -170,3 +170,27 @@ def cache_hit_rate_over_time(rows: list, first_day: date, last_day: date, tz: st
     layout = dict(_LAYOUT, yaxis=dict(tickformat=".0%", gridcolor="#e5e7eb", rangemode="tozero"))
     fig.update_layout(title=f"Cache-hit rate per day ({tz})", **layout)
     return _say_when_empty(fig, not rows, "No answered attempts in this period")
+
+
+def budget_burn(title: str, rows: list[tuple[date, object]], first_day: date, today: date, last_day: date,
+                amount, forecast, tz: str) -> go.Figure:
+    """Cumulative spend this period against the budget's amount, and the forecast to the period's end."""
+    by_day = {day: float(cost) for day, cost in rows}
+    days = [first_day + timedelta(days=i) for i in range((today - first_day).days + 1)]
+    running, cumulative = 0.0, []
+    for d in days:
+        running += by_day.get(d, 0.0)
+        cumulative.append(running)
+    fig = go.Figure([
+        go.Scatter(x=days, y=cumulative, mode="lines+markers", name="Spent", line_color=_BILLED,
+                   hovertemplate="%{x|%b %d}: $%{y:,.3~r} spent<extra></extra>"),
+        go.Scatter(x=[first_day, last_day], y=[float(amount)] * 2, mode="lines", name="Budget",
+                   line=dict(color="#dc2626", dash="dash"), hovertemplate="budget $%{y:,.2f}<extra></extra>"),
+    ])
+    if forecast is not None and days:
+        fig.add_trace(go.Scatter(x=[today, last_day], y=[cumulative[-1], float(forecast)], mode="lines",
+                                 name="Forecast", line=dict(color="#d97706", dash="dot"),
+                                 hovertemplate="%{x|%b %d}: $%{y:,.3~r} forecast<extra></extra>"))
+    fig.update_layout(title=f"{title} ({tz})",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    return fig

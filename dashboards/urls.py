@@ -14,6 +14,7 @@ urlpatterns = [
     path("<slug:org_slug>/requests/", views.request_log, name="requests"),
     path("<slug:org_slug>/retries/", views.retries, name="retries"),
     path("<slug:org_slug>/savings/", views.savings, name="savings"),
+    path("<slug:org_slug>/budgets/", views.budgets, name="budgets"),
     path("<slug:org_slug>/by/<str:dimension>/", views.breakdown, name="breakdown"),
     path("<slug:org_slug>/requests/<str:request_id>/", views.request_detail, name="request"),
 ]

@@ -319,3 +319,45 @@ def savings(request, org_slug: str):
                                                            org.timezone),
     }
     return render(request, "dashboards/savings.html", {**context, "data": data, "charts": _charts(charts)})
+
+
+def _budget_narrowing(budget) -> dict:
+    """The usage a budget counts, as dashboard narrowing (feature, key or user; none: the whole org)."""
+    if budget.feature_id:
+        return {"feature": budget.feature.slug}
+    if budget.api_key_id:
+        return {"api_key_id": budget.api_key_id}
+    if budget.user_id:
+        return {"user_id": budget.user_id}
+    return {}
+
+
+@login_required
+def budgets(request, org_slug: str):
+    """Each budget in force: spend against the amount over the period, thresholds, forecast, downgrades and
+    refusals, and the org's alert history (acknowledge from here)."""
+    import zoneinfo
+
+    from budgets.models import Budget
+
+    org = _viewable_org(request, org_slug)
+    now = timezone.now()
+    zone = zoneinfo.ZoneInfo(org.timezone)
+    statuses = budget_statuses(org.pk, now)
+    by_id = {b.pk: b for b in Budget.objects.filter(organization=org).select_related("feature", "api_key", "user")}
+    charts, rows = {}, []
+    for status in statuses:
+        budget = by_id[status.budget_id]
+        first = timezone.localtime(status.period_start, zone).date()
+        last = timezone.localtime(status.period_end - timedelta(microseconds=1), zone).date()
+        today = min(timezone.localtime(now, zone).date(), last)
+        spent_by_day = queries.spend_by_day(org.pk, status.period_start, min(now, status.period_end), org.timezone,
+                                            **_budget_narrowing(budget))
+        charts[f"budget-{budget.pk}"] = figures.budget_burn(
+            f"{status.scope_label}: spent against {budget.amount:.2f} USD", spent_by_day, first, today, last,
+            status.amount, status.forecast, org.timezone)
+        rows.append({"status": status, "thresholds": budget.threshold_percents, "chart": f"budget-{budget.pk}"})
+    return render(request, "dashboards/budgets.html", {
+        "org": org, "orgs": organizations_managed_by(request.user), "rows": rows, "budgets": statuses,
+        "charts": _charts(charts),
+    })

@@ -87,6 +87,8 @@ def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: 
             phone.page.screenshot(path=str(SCREENSHOTS / "org-dashboard-phone.png"), full_page=True)
             seen["phone_filtered"] = phone.open(f"/dashboards/{org_slug}/?days=7&feature=chat", charts=True)
             seen["phone_retries"] = phone.open(f"/dashboards/{org_slug}/retries/", charts=True)
+            seen["phone_savings"] = phone.open(f"/dashboards/{org_slug}/savings/", charts=True)
+            seen["phone_budgets"] = phone.open(f"/dashboards/{org_slug}/budgets/", charts=True)
             for path in org_pages(org_slug):
                 seen[f"phone {path}"] = phone.open(path)
             seen["phone_hosts"], seen["phone_console"] = phone.hosts, phone.console_errors
@@ -132,7 +134,7 @@ def test_pages_fit_a_phone_offer_no_cloud_upload_and_keep_the_policy(live_gatewa
                            admin_paths).result(timeout=300)
 
     host = urlsplit(live_gateway.url).netloc
-    phone_pages = ["phone_org", "phone_filtered", "phone_retries", *(f"phone {p}" for p in org_pages(acme.org.slug))]
+    phone_pages = ["phone_org", "phone_filtered", "phone_retries", "phone_savings", "phone_budgets", *(f"phone {p}" for p in org_pages(acme.org.slug))]
     desk_pages = ["desk_org", "desk_overview", *admin_paths, *org_pages(acme.org.slug), "/dashboards/staff/statements/"]
     for name in phone_pages + desk_pages:
         assert seen[name]["status"] == 200, name
