@@ -30,7 +30,11 @@ def _charts(charts: dict) -> list[dict]:
 
 @login_required
 def index(request):
-    orgs = organizations_managed_by(request.user)
+    managed = organizations_managed_by(request.user)
+    # Members (not managers) of an org see their own usage there.
+    member_of = [m.organization for m in Membership.objects.filter(user=request.user, role=Membership.Role.MEMBER)
+                 .select_related("organization").order_by("organization__slug") if m.organization not in managed]
+    orgs = managed + member_of
     # Staff stay on the index: it is where the all-orgs overview is linked from.
     if len(orgs) == 1 and not request.user.is_staff:
         return redirect("dashboards:org", org_slug=orgs[0].slug)
@@ -52,43 +56,49 @@ def _choices(org: Organization) -> dict:
     }
 
 
-def _check_narrowing(org: Organization, view: filters.DashboardView) -> None:
-    """A key or user of another org is a 404, as another org's page is (nothing to learn by guessing ids)."""
+def _check_narrowing(org: Organization, view: filters.DashboardView, forced: dict | None = None) -> dict:
+    """The narrowing to read with: the URL's, plus what the viewer is held to (a member: their own usage).
+
+    A key or user of another org is a 404, as another org's page is (nothing to learn by guessing ids);
+    so is a member asking for someone else's usage.
+    """
+    forced = forced or {}
+    if "user_id" in forced and view.narrow.get("user_id") not in (None, forced["user_id"]):
+        raise Http404("No such user in this organization.")
     key_id, user_id = view.narrow.get("api_key_id"), view.narrow.get("user_id")
     if key_id is not None and not ApiKey.objects.filter(pk=key_id, organization=org).exists():
         raise Http404("No such API key in this organization.")
     if user_id is not None and not Membership.objects.filter(user_id=user_id, organization=org).exists():
         raise Http404("No such user in this organization.")
+    return {**view.narrow, **forced}
 
 
-def _usage_csv_url(org: Organization, view: filters.DashboardView) -> str:
+def _usage_csv_url(org: Organization, view: filters.DashboardView, narrow: dict) -> str:
     """The usage API's CSV of what the page shows: per day, feature and model, the same filters."""
     from django.urls import reverse
     from django.utils.http import urlencode
 
     params = {"org": org.slug, "start": view.start.isoformat(), "end": view.end.isoformat(), "tz": view.tz,
               "group_by": "day,feature,model", "format": "csv", **{
-                  name: view.narrow[arg] for name, arg in
+                  name: narrow[arg] for name, arg in
                   (("feature", "feature"), ("model", "model"), ("key", "api_key_id"), ("user", "user_id"))
-                  if arg in view.narrow}}
+                  if arg in narrow}}
     return f"{reverse('usage:summary')}?{urlencode(params)}"
 
 
 @login_required
 def org_dashboard(request, org_slug: str):
-    org = get_object_or_404(Organization, slug=org_slug)
-    if not can_view_organization(request.user, org):
-        # 404, not 403: a manager must not learn which other orgs exist.
-        raise Http404("No such organization.")
+    org, forced = _viewable_org(request, org_slug, members=True)
     tz = org.timezone
     view = filters.read_view(request.GET, tz)
-    context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view,
-               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+    context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view, "member": bool(forced),
+               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS,
+               "choices": {} if forced else _choices(org)}
     if view.errors:
         # Say what was wrong instead of quietly showing another period.
         return render(request, "dashboards/org.html", {**context, "charts": []}, status=400)
-    _check_narrowing(org, view)
-    start, end, narrow = view.start, view.end, view.narrow
+    narrow = _check_narrowing(org, view, forced)
+    start, end = view.start, view.end
 
     totals = queries.usage_totals(org.pk, start, end, **narrow)
     by_feature = queries.spend_by("feature", org.pk, start, end, **narrow)
@@ -111,12 +121,13 @@ def org_dashboard(request, org_slug: str):
         "by_model": by_model,
         "by_key": by_key,
         "by_user": by_user,
-        "budgets": budget_statuses(org.pk, timezone.now()),
+        # Budgets are the whole org's (or a scope's): for managers, not for a member seeing their own usage.
+        "budgets": [] if forced else budget_statuses(org.pk, timezone.now()),
         "components": components,
         "gpu_pools": gpu_pools,
         # Under GPU chargeback the GPU cost is what the org pays; under token prices it is only shown.
         "gpu_billed": chargeback_mode(org.pk) != ChargebackMode.TOKENS,
-        "csv_url": _usage_csv_url(org, view),
+        "csv_url": _usage_csv_url(org, view, narrow),
         "charts": _charts(charts),
     })
     return render(request, "dashboards/org.html", context)
@@ -207,30 +218,36 @@ def staff_statements(request):
 REQUEST_LOG_PAGE = 50
 
 
-def _viewable_org(request, org_slug: str) -> Organization:
+def _viewable_org(request, org_slug: str, *, members: bool = False) -> tuple[Organization, dict]:
+    """The org, and the narrowing its viewer is held to: none for its managers and staff; with `members`,
+    a member of the org sees their own usage only ({"user_id": them}). Anyone else: 404, not 403, so
+    nobody learns which other orgs exist."""
     org = get_object_or_404(Organization, slug=org_slug)
-    if not can_view_organization(request.user, org):
-        raise Http404("No such organization.")
-    return org
+    if can_view_organization(request.user, org):
+        return org, {}
+    if members and Membership.objects.filter(user=request.user, organization=org,
+                                             role=Membership.Role.MEMBER).exists():
+        return org, {"user_id": request.user.pk}
+    raise Http404("No such organization.")
 
 
 @login_required
 def request_log(request, org_slug: str):
     """The org's attempts, newest first, 50 a page, with the dashboard's period and filters."""
-    org = _viewable_org(request, org_slug)
+    org, forced = _viewable_org(request, org_slug, members=True)
     view = filters.read_view(request.GET, org.timezone)
     page_number = request.GET.get("page", "1")
     errors = list(view.errors)
     if not page_number.isdigit() or int(page_number) < 1:
         errors.append(f"page: give a page number from 1 (you gave {page_number!r})")
     context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view, "errors": errors,
-               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": {} if forced else _choices(org)}
     if errors:
         return render(request, "dashboards/requests.html", context, status=400)
-    _check_narrowing(org, view)
+    narrow = _check_narrowing(org, view, forced)
     page = int(page_number)
     count, rows = queries.request_log(org.pk, view.start, view.end, limit=REQUEST_LOG_PAGE,
-                                      offset=(page - 1) * REQUEST_LOG_PAGE, **view.narrow)
+                                      offset=(page - 1) * REQUEST_LOG_PAGE, **narrow)
     pages = max(1, -(-count // REQUEST_LOG_PAGE))
     if page > pages:
         raise Http404("No such page.")
@@ -243,8 +260,10 @@ def request_log(request, org_slug: str):
 @login_required
 def request_detail(request, org_slug: str, request_id: str):
     """One request: each attempt with its cost components, cache, route and trace id (from the ledger)."""
-    org = _viewable_org(request, org_slug)
+    org, forced = _viewable_org(request, org_slug, members=True)
     attempts = queries.request_attempts(org.pk, request_id)
+    if forced and any(a.user_id != forced["user_id"] for a in attempts):
+        attempts = []  # a member opens only their own requests
     if not attempts:
         raise Http404("No such request in this organization.")
     billed = sum((a.cost_total for a in attempts), Decimal(0))
@@ -258,14 +277,14 @@ def request_detail(request, org_slug: str, request_id: str):
 @login_required
 def retries(request, org_slug: str):
     """Retry cost (recorded, not billed) and escalation cost (billed) over time and by model."""
-    org = _viewable_org(request, org_slug)
+    org, forced = _viewable_org(request, org_slug, members=True)
     view = filters.read_view(request.GET, org.timezone)
     context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view,
-               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": {} if forced else _choices(org)}
     if view.errors:
         return render(request, "dashboards/retries.html", {**context, "charts": []}, status=400)
-    _check_narrowing(org, view)
-    data = queries.retries_and_escalations(org.pk, view.start, view.end, org.timezone, **view.narrow)
+    narrow = _check_narrowing(org, view, forced)
+    data = queries.retries_and_escalations(org.pk, view.start, view.end, org.timezone, **narrow)
     charts = {"retries-over-time": figures.retries_and_escalations_over_time(data.by_day, view.first_day,
                                                                              view.last_day, org.timezone)}
     return render(request, "dashboards/retries.html", {**context, "data": data, "charts": _charts(charts)})
@@ -279,17 +298,17 @@ FILTER_PARAM = {"feature": "feature", "model": "model", "key": "key", "user": "u
 @login_required
 def breakdown(request, org_slug: str, dimension: str):
     """Features, models, keys or users: cost, tokens, requests, cost per request, latency, TTFT, errors."""
-    org = _viewable_org(request, org_slug)
+    org, forced = _viewable_org(request, org_slug, members=True)
     if dimension not in queries.BREAKDOWN_DIMENSIONS:
         raise Http404("No such breakdown.")
     view = filters.read_view(request.GET, org.timezone)
     context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view, "dimension": dimension,
                "dimensions": queries.BREAKDOWN_DIMENSIONS, "presets": filters.PRESETS,
-               "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+               "max_days": filters.MAX_DAYS, "choices": {} if forced else _choices(org)}
     if view.errors:
         return render(request, "dashboards/breakdown.html", context, status=400)
-    _check_narrowing(org, view)
-    rows = queries.breakdown(dimension, org.pk, view.start, view.end, **view.narrow)
+    narrow = _check_narrowing(org, view, forced)
+    rows = queries.breakdown(dimension, org.pk, view.start, view.end, **narrow)
     following = DRILL_DOWN[dimension]
     param = FILTER_PARAM[dimension]
     context.update({
@@ -305,14 +324,14 @@ def breakdown(request, org_slug: str, dimension: str):
 @login_required
 def savings(request, org_slug: str):
     """What the cache and token optimization saved (not billed), per day and per feature, and hit rates."""
-    org = _viewable_org(request, org_slug)
+    org, forced = _viewable_org(request, org_slug, members=True)
     view = filters.read_view(request.GET, org.timezone)
     context = {"org": org, "orgs": organizations_managed_by(request.user), "view": view,
-               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": _choices(org)}
+               "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "choices": {} if forced else _choices(org)}
     if view.errors:
         return render(request, "dashboards/savings.html", {**context, "charts": []}, status=400)
-    _check_narrowing(org, view)
-    data = queries.savings(org.pk, view.start, view.end, org.timezone, **view.narrow)
+    narrow = _check_narrowing(org, view, forced)
+    data = queries.savings(org.pk, view.start, view.end, org.timezone, **narrow)
     charts = {
         "savings-over-time": figures.savings_over_time(data.by_day, view.first_day, view.last_day, org.timezone),
         "cache-hit-rate": figures.cache_hit_rate_over_time(data.by_day, view.first_day, view.last_day,
@@ -340,7 +359,7 @@ def budgets(request, org_slug: str):
 
     from budgets.models import Budget
 
-    org = _viewable_org(request, org_slug)
+    org, _ = _viewable_org(request, org_slug)
     now = timezone.now()
     zone = zoneinfo.ZoneInfo(org.timezone)
     statuses = budget_statuses(org.pk, now)

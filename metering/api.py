@@ -24,7 +24,7 @@ from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRen
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tenants.models import Organization
+from tenants.models import Membership, Organization
 from tenants.services import can_view_organization, organizations_managed_by
 
 from . import queries
@@ -206,10 +206,18 @@ class _LazyRows:
 
 def usage_filter(request, params: dict) -> queries.UsageFilter:
     """The caller's filter, narrowed to the orgs they may see. Another org's slug is a 404."""
+    user_id = params.get("user")
     if params.get("org"):
         org = Organization.objects.filter(slug=params["org"]).first()
-        if org is None or not can_view_organization(request.user, org):
+        if org is None:
             raise Http404("No such organization.")
+        if not can_view_organization(request.user, org):
+            # A member (not a manager) of the org reads their own usage only, as on the dashboards.
+            member = Membership.objects.filter(user=request.user, organization=org,
+                                               role=Membership.Role.MEMBER).exists()
+            if not member or user_id not in (None, request.user.pk):
+                raise Http404("No such organization.")
+            user_id = request.user.pk
         org_ids = (org.pk,)
     elif request.user.is_staff:
         org_ids = None
@@ -218,7 +226,7 @@ def usage_filter(request, params: dict) -> queries.UsageFilter:
     return queries.UsageFilter(
         start=params["start"], end=params["end"], org_ids=org_ids, feature=params.get("feature"),
         model=params.get("model"), pool=params.get("pool"), api_key_id=params.get("key"),
-        user_id=params.get("user"), tz=params.get("tz") or "UTC",
+        user_id=user_id, tz=params.get("tz") or "UTC",
     )
 
 
