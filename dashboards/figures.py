@@ -43,6 +43,29 @@ def spend_over_time(rows: list[tuple[date, object]], first_day: date, last_day: 
     return fig
 
 
+# Distinct colours for stacked series (features, models), in order of spend.
+_SERIES = ["#2563eb", "#7c3aed", "#059669", "#d97706", "#dc2626", "#0891b2", "#65a30d", "#db2777", "#4b5563"]
+
+
+def spend_over_time_stacked(rows: list[tuple[date, str, object]], first_day: date, last_day: date,
+                            tz: str = "UTC", by: str = "feature") -> go.Figure:
+    """Spend per day in the org's days, one stacked bar series per feature (or model), largest first."""
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    series: dict[str, dict] = {}
+    for day, key, cost in rows:
+        series.setdefault(key, {})[day] = series.get(key, {}).get(day, 0.0) + float(cost)
+    order = sorted(series, key=lambda k: (-sum(series[k].values()), k))
+    fig = go.Figure([
+        go.Bar(x=days, y=[series[key].get(d, 0.0) for d in days], name=key,
+               marker_color=_SERIES[i % len(_SERIES)],
+               hovertemplate=f"{key}<br>" + "%{x|%b %d}: $%{y:,.3~r}<extra></extra>")
+        for i, key in enumerate(order)
+    ] or [go.Bar(x=days, y=[0.0] * len(days), marker_color=_SERIES[0], showlegend=False)])
+    fig.update_layout(title=f"Spend per day ({tz}), by {by}", barmode="stack",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    return fig
+
+
 def spend_by_key(rows: list[dict], title: str, colour: str) -> go.Figure:
     keys = [r["key"] for r in rows][::-1]
     costs = [float(r["cost"]) for r in rows][::-1]

@@ -101,6 +101,8 @@ def org_dashboard(request, org_slug: str):
     start, end = view.start, view.end
 
     totals = queries.usage_totals(org.pk, start, end, **narrow)
+    # The period just before, as long: "spend vs the previous period" on the spend card.
+    previous = queries.usage_totals(org.pk, start - (end - start), start, **narrow)
     by_feature = queries.spend_by("feature", org.pk, start, end, **narrow)
     by_model = queries.spend_by("model", org.pk, start, end, **narrow)
     by_key = queries.top_spenders("key", org.pk, start, end, **narrow)
@@ -108,8 +110,9 @@ def org_dashboard(request, org_slug: str):
     breakdown = queries.cost_breakdown((org.pk,), start, end, **narrow)
     components, gpu_pools = breakdown.components, breakdown.pools
     charts = {
-        "spend-over-time": figures.spend_over_time(queries.spend_by_day(org.pk, start, end, tz, **narrow),
-                                                   view.first_day, view.last_day, tz),
+        "spend-over-time": figures.spend_over_time_stacked(
+            queries.spend_by_day_and("feature", org.pk, start, end, tz, **narrow), view.first_day, view.last_day,
+            tz, "feature"),
         "spend-by-feature": figures.spend_by_key(by_feature, "Spend by feature", "#7c3aed"),
         "spend-by-model": figures.spend_by_key(by_model, "Spend by model", "#059669"),
         "cost-components": figures.cost_components(components),
@@ -117,6 +120,8 @@ def org_dashboard(request, org_slug: str):
     }
     context.update({
         "totals": totals,
+        "previous": previous,
+        "spend_change": ((totals.cost - previous.cost) / previous.cost) if previous.cost else None,
         "by_feature": by_feature,
         "by_model": by_model,
         "by_key": by_key,

@@ -67,6 +67,14 @@ def spend_by_day(org_id: int, start: datetime, end: datetime, tz: str = "UTC", *
     return sorted((row["day"], row["cost_total"]) for row in rows)
 
 
+def spend_by_day_and(dimension: str, org_id: int, start: datetime, end: datetime, tz: str = "UTC",
+                     **narrow) -> list[tuple]:
+    """(day in `tz`, feature or model, cost) rows, oldest first: spend over time, stacked by `dimension`."""
+    rows = usage_summary(_narrowed((org_id,), start, end, tz, **narrow), ["day", _GROUPABLE[dimension]],
+                         measures=["cost_total"])
+    return sorted((row["day"], row[_GROUPABLE[dimension]] or "(none)", row["cost_total"]) for row in rows)
+
+
 _GROUPABLE = {"feature": "feature", "model": "model"}
 
 

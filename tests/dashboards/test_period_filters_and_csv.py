@@ -2,6 +2,7 @@
 download comes from the usage API with a file name."""
 
 import csv
+import json
 import io
 import re
 import zoneinfo
@@ -163,3 +164,20 @@ def test_top_keys_and_users_show_their_spend_and_drill_down_to_their_filter(clie
     assert "carol" in user_row and f'data-exact="{ledger_total(user=carol)}"' in user_row
     assert f"&amp;key={acme.key.pk}" in key_row and f"&amp;user={carol.pk}" in user_row
     assert len(re.findall(r"<tr data-key=", html)) == 1 and len(re.findall(r"<tr data-user=", html)) == 1
+
+
+def test_spend_is_compared_with_the_previous_period_and_stacked_by_feature(client, acme):
+    now = timezone.now()
+    record_attempt(acme.org, now - timedelta(days=3), feature="chat")
+    record_attempt(acme.org, now - timedelta(days=3), feature="search")
+    before = record_attempt(acme.org, now - timedelta(days=10))  # in the 7 days before the last 7
+    ship_pending_usage()
+    client.force_login(acme.manager)
+    html = client.get(f"/dashboards/{acme.org.slug}/?days=7").content.decode()
+    assert Decimal(exact(html, "previous-period")) == before.cost_total
+    change = (spend(html) - before.cost_total) / before.cost_total * 100
+    assert f"+{change:.1f}% vs the previous period" in html
+    figure = json.loads(re.search(r'<script id="spend-over-time-data" type="application/json">(.*?)</script>',
+                                  html, re.S).group(1))
+    assert {trace["name"] for trace in figure["data"]} == {"chat", "search"}
+    assert figure["layout"]["barmode"] == "stack"
