@@ -217,3 +217,19 @@ def budget_burn(title: str, rows: list[tuple[date, object]], first_day: date, to
     fig.update_layout(title=f"{title} ({tz})",
                       legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
     return fig
+
+
+def gpu_charges(report) -> go.Figure:
+    """One pool's cost over the period: each org's own GPU time and idle share, and the platform's overhead."""
+    names = [line.org_slug for line in report.lines] + ["platform overhead"]
+    used = [float(line.used) for line in report.lines] + [0.0]
+    idle = [float(line.idle_share) for line in report.lines] + [float(report.statement.platform_overhead)]
+    fig = go.Figure([
+        go.Bar(x=names, y=used, name="Own GPU time", marker_color="#0891b2",
+               hovertemplate="%{x}: $%{y:,.3~r} own GPU time<extra></extra>"),
+        go.Bar(x=names, y=idle, name="Idle time", marker_color=_NOT_BILLED, marker_pattern_shape="/",
+               hovertemplate="%{x}: $%{y:,.3~r} idle time<extra></extra>"),
+    ])
+    fig.update_layout(title=f"Pool {report.statement.pool}: who pays its cost", barmode="stack",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    return fig

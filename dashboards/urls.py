@@ -9,6 +9,7 @@ urlpatterns = [
     # Two segments, so no organization slug can shadow it (org pages are one segment).
     path("staff/overview/", views.staff_overview, name="staff-overview"),
     path("staff/statements/", views.staff_statements, name="staff-statements"),
+    path("staff/gpu/", views.staff_gpu, name="staff-gpu"),
     path("<slug:org_slug>/", views.org_dashboard, name="org"),
     path("<slug:org_slug>/statement/", views.org_statement, name="statement"),
     path("<slug:org_slug>/requests/", views.request_log, name="requests"),

@@ -385,3 +385,20 @@ def budgets(request, org_slug: str):
         "org": org, "orgs": organizations_managed_by(request.user), "rows": rows, "budgets": statuses,
         "charts": _charts(charts),
     })
+
+
+@login_required
+def staff_gpu(request):
+    """Each rated pool over the period: cost, busy and idle, utilization, and who pays it. Staff only."""
+    if not request.user.is_staff:
+        raise PermissionDenied("Staff only.")
+    view = filters.read_view(request.GET, "UTC")
+    errors = list(view.errors) + (["The GPU page cannot be filtered; it shows whole pools."] if view.narrow else [])
+    context = {"view": view, "presets": filters.PRESETS, "max_days": filters.MAX_DAYS, "errors": errors}
+    if errors:
+        return render(request, "dashboards/gpu.html", {**context, "charts": []}, status=400)
+    reports = queries.gpu_pool_reports(view.start, view.end)
+    charts = {f"gpu-{r.statement.pool}": figures.gpu_charges(r) for r in reports}
+    return render(request, "dashboards/gpu.html", {
+        **context, "reports": [{"report": r, "chart": f"gpu-{r.statement.pool}"} for r in reports],
+        "charts": _charts(charts)})

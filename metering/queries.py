@@ -850,3 +850,12 @@ def savings(org_id: int, start: datetime, end: datetime, tz: str = "UTC", **narr
     by_feature = sorted((row(k or "(none)", m) for k, m in _fold(rows, lambda r: r["feature"]).items()),
                         key=lambda r: (-r.saved, r.key))
     return Savings(by_day=by_day, by_feature=by_feature, total=row(None, _fold(rows, lambda r: None).get(None, {})))
+
+
+def gpu_pool_reports(start: datetime, end: datetime) -> list:
+    """Every rated pool's statement over [start, end): total, used, idle, each org's charge (own GPU time plus
+    any idle share) and platform overhead (metering.pool_statements; PostgreSQL only)."""
+    from .models import PoolRate
+
+    pools = sorted(set(PoolRate.objects.values_list("pool", flat=True)))
+    return [pool_statements.pool_statement_report(pool, start, end) for pool in pools]
