@@ -172,7 +172,8 @@ def savings_over_time(rows: list, first_day: date, last_day: date, tz: str) -> g
     days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
     fig = go.Figure([
         go.Bar(x=days, y=[float(by_day[d].savings_cache) if d in by_day else 0.0 for d in days],
-               name="Cache", marker_color="#16a34a", hovertemplate="%{x|%b %d}: $%{y:,.3~r} saved by the cache<extra></extra>"),
+               name="Cache", marker_color="#16a34a",
+               hovertemplate="%{x|%b %d}: $%{y:,.3~r} saved by the cache<extra></extra>"),
         go.Bar(x=days, y=[float(by_day[d].savings_tokens) if d in by_day else 0.0 for d in days],
                name="Token optimization", marker_color="#0891b2",
                hovertemplate="%{x|%b %d}: $%{y:,.3~r} saved by token optimization<extra></extra>"),

@@ -51,7 +51,8 @@ class UsageRecordAdmin(admin.ModelAdmin):
     """The ledger is append-only: admins can read and filter it, never edit it."""
 
     list_display = ["created_at", "organization", "feature", "model_served", "pool", "status", "input_tokens",
-                    "output_tokens", "cost_total_usd", "cost_retry_usd", "cost_escalation_usd", "duration_ms", "shipped"]
+                    "output_tokens", "cost_total_usd", "cost_retry_usd", "cost_escalation_usd", "duration_ms",
+                    "shipped"]
     list_filter = ["status", "attempt_kind", "chargeback_mode", "organization", "model_served", "pool", "streamed",
                    "cache_hit"]
     search_fields = ["request_id", "trace_id", "feature"]

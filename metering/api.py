@@ -235,7 +235,8 @@ def csv_filename(kind: str, params: dict, request) -> str:
     the period's UTC dates, end exclusive."""
     start = params["start"].astimezone(dt_timezone.utc)
     end = params["end"].astimezone(dt_timezone.utc)
-    parts = ["tollgate", kind, params.get("org") or ("all" if request.user.is_staff else "my-orgs"), f"{start:%Y%m%d}", f"{end:%Y%m%d}"]
+    scope = params.get("org") or ("all" if request.user.is_staff else "my-orgs")
+    parts = ["tollgate", kind, scope, f"{start:%Y%m%d}", f"{end:%Y%m%d}"]
     # Slugs are [-a-zA-Z0-9_]: safe inside the quoted header value.
     return "-".join(parts)
 

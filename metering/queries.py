@@ -769,7 +769,8 @@ def breakdown(dimension: str, org_id: int, start: datetime, end: datetime, *, li
     result = get_client().query(
         f"SELECT {column} AS k, countIf({answered}), countIf(status = 'error'), sum(toUInt64(input_tokens)), "
         f"sum(toUInt64(cached_input_tokens)), sum(toUInt64(output_tokens)), sum(toDecimal128(cost_total, 9)), "
-        f"quantilesIf(0.5, 0.95)(duration_ms, {answered}), quantilesIf(0.5, 0.95)(ttft_ms, {answered} AND ttft_ms IS NOT NULL) "
+        f"quantilesIf(0.5, 0.95)(duration_ms, {answered}), "
+        f"quantilesIf(0.5, 0.95)(ttft_ms, {answered} AND ttft_ms IS NOT NULL) "
         f"{sql} GROUP BY k ORDER BY sum(toDecimal128(cost_total, 9)) DESC, k LIMIT {int(limit)}",
         parameters=params)
 

@@ -74,10 +74,11 @@ def test_a_period_or_filter_that_cannot_be_read_is_an_error_on_the_page(client, 
 def test_a_custom_range_is_whole_days_in_the_orgs_time_zone(client, acme):
     ny = zoneinfo.ZoneInfo("America/New_York")
     day = (timezone.now() - timedelta(days=10)).astimezone(ny).date()
-    inside_late = record_attempt(acme.org, datetime.combine(day, datetime.min.time(), ny) + timedelta(hours=23, minutes=30))
-    inside_early = record_attempt(acme.org, datetime.combine(day, datetime.min.time(), ny) + timedelta(minutes=5))
+    midnight = datetime.combine(day, datetime.min.time(), ny)
+    inside_late = record_attempt(acme.org, midnight + timedelta(hours=23, minutes=30))
+    inside_early = record_attempt(acme.org, midnight + timedelta(minutes=5))
     record_attempt(acme.org, datetime.combine(day + timedelta(days=1), datetime.min.time(), ny) + timedelta(minutes=30))
-    record_attempt(acme.org, datetime.combine(day, datetime.min.time(), ny) - timedelta(minutes=30))
+    record_attempt(acme.org, midnight - timedelta(minutes=30))
     ship_pending_usage()
     client.force_login(acme.manager)
 
@@ -143,7 +144,8 @@ def test_the_csv_button_downloads_the_pages_numbers_with_a_file_name(client, acm
 def test_the_usage_api_names_its_csv_files(client, acme):
     client.force_login(acme.manager)
     response = client.get("/api/usage/events/?format=csv&start=2026-11-01T00:00:00Z&end=2026-12-01T00:00:00Z")
-    assert response["Content-Disposition"] == 'attachment; filename="tollgate-usage-events-my-orgs-20261101-20261201.csv"'
+    expected = 'attachment; filename="tollgate-usage-events-my-orgs-20261101-20261201.csv"'
+    assert response["Content-Disposition"] == expected
 
 
 def test_top_keys_and_users_show_their_spend_and_drill_down_to_their_filter(client, acme):

@@ -99,7 +99,8 @@ def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: 
             desk.page.screenshot(path=str(SCREENSHOTS / "org-dashboard.png"), full_page=True)
             seen["desk_overview"] = desk.open("/dashboards/staff/overview/", charts=True)
             desk.page.screenshot(path=str(SCREENSHOTS / "staff-overview.png"), full_page=True)
-            for path in admin_paths + org_pages(org_slug) + ["/dashboards/staff/statements/", "/dashboards/staff/gpu/"]:
+            staff_pages = ["/dashboards/staff/statements/", "/dashboards/staff/gpu/"]
+            for path in admin_paths + org_pages(org_slug) + staff_pages:
                 seen[path] = desk.open(path)
             desk.page.goto(f"{base_url}/admin/serving/pool/")
             desk.page.screenshot(path=str(SCREENSHOTS / "admin-pools.png"), full_page=True)
@@ -134,7 +135,8 @@ def test_pages_fit_a_phone_offer_no_cloud_upload_and_keep_the_policy(live_gatewa
                            admin_paths).result(timeout=300)
 
     host = urlsplit(live_gateway.url).netloc
-    phone_pages = ["phone_org", "phone_filtered", "phone_retries", "phone_savings", "phone_budgets", *(f"phone {p}" for p in org_pages(acme.org.slug))]
+    phone_pages = ["phone_org", "phone_filtered", "phone_retries", "phone_savings", "phone_budgets",
+                   *(f"phone {p}" for p in org_pages(acme.org.slug))]
     desk_pages = ["desk_org", "desk_overview", *admin_paths, *org_pages(acme.org.slug), "/dashboards/staff/statements/",
                   "/dashboards/staff/gpu/"]
     for name in phone_pages + desk_pages:
