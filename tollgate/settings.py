@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "csp",
     "rest_framework",
     "drf_spectacular",
     "tenants",
@@ -75,6 +78,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every Django page (policy below); early, so error pages carry it too.
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -98,6 +103,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "csp.context_processors.nonce",
             ],
         },
     },
@@ -148,11 +154,52 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("STATIC_ROOT", str(VAR_DIR / "static")))
+try:  # WhiteNoise scans it at start; an empty folder until collectstatic fills it
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:
+    pass
 # plotly.js is served from the installed plotly package, never from a CDN.
 STATICFILES_DIRS = [("plotly", str(Path(__import__("plotly").__file__).parent / "package_data"))]
-# Serve /static/ from the ASGI app itself (embedded default). Behind a web
-# server or CDN set it to false and run collectstatic.
+# Serve /static/ from the web process itself, through WhiteNoise: gzip (and brotli where the brotli package
+# is installed) and, for the content-hashed names collectstatic writes, Cache-Control for a year
+# ("immutable"). Without collectstatic the files are still served (from the apps and plotly, through the
+# finders) under their plain names, uncompressed, with a 60-second lifetime. `make run` collects them.
+# Behind a web server or CDN set it to false and serve STATIC_ROOT there.
 TOLLGATE_SERVE_STATIC = env_bool("TOLLGATE_SERVE_STATIC", True)
+if TOLLGATE_SERVE_STATIC:
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+WHITENOISE_USE_FINDERS = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "tollgate.staticfiles.CompressedHashedStaticFiles"},
+}
+
+# --- Content-Security-Policy (django-csp) ------------------------------------
+# Pages load scripts, styles, fonts and images from this site only, and talk to it only: nothing a page
+# shows (tenant usage) can be sent elsewhere by a script, and no other site may frame it. Scripts:
+# 'self' plus a per-response nonce for an inline script that needs one (the dashboards have none: their
+# charts are drawn by a static file from JSON data blocks, which are not scripts). Styles allow inline
+# style attributes, which plotly.js sets on every element it draws and Django's admin uses; a style
+# attribute cannot run code. img-src allows data: and blob: for plotly's PNG download and the admin's
+# icons. TOLLGATE_CSP_REPORT_ONLY=true sends the same policy as Content-Security-Policy-Report-Only.
+_CSP_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", NONCE],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+if env_bool("TOLLGATE_CSP_REPORT_ONLY", False):
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = _CSP_POLICY
+else:
+    CONTENT_SECURITY_POLICY = _CSP_POLICY
 
 LOGGING = {
     "version": 1,
