@@ -15,6 +15,7 @@ from budgets.services import budget_statuses
 from metering import queries
 from metering.costs import chargeback_mode
 from metering.models import ChargebackMode
+from serving.pools import replica_states
 from tenants.models import ApiKey, Membership, Organization
 from tenants.services import can_view_organization, organizations_managed_by
 
@@ -401,4 +402,4 @@ def staff_gpu(request):
     charts = {f"gpu-{r.statement.pool}": figures.gpu_charges(r) for r in reports}
     return render(request, "dashboards/gpu.html", {
         **context, "reports": [{"report": r, "chart": f"gpu-{r.statement.pool}"} for r in reports],
-        "charts": _charts(charts)})
+        "replicas": replica_states(), "charts": _charts(charts)})

@@ -35,3 +35,27 @@ def test_gpu_page_shows_who_pays_each_pool_and_it_adds_up(client, make_tenant, c
     assert sum(charges) + overhead == total
     assert 'id="gpu-batch-data"' in html
     assert client.get("/dashboards/staff/gpu/?feature=chat").status_code == 400
+
+
+def test_gpu_page_shows_each_replicas_health_and_circuit(client, catalog, django_user_model):
+    from serving import pools
+    from serving.models import Deployment, Pool, Replica
+
+    deployment = Deployment.objects.create(model="tollgate-small", pool=Pool.objects.create(name="interactive"))
+    Replica.objects.create(deployment=deployment, url="http://127.0.0.1:9")  # nothing listens there
+    try:
+        topology = pools.reload_pools()
+        replica = topology.deployments["tollgate-small"].replicas[0]
+        for _ in range(replica.breaker.failure_threshold):
+            replica.breaker.record_failure()
+
+        client.force_login(django_user_model.objects.create_user("ops", is_staff=True))
+        html = client.get("/dashboards/staff/gpu/").content.decode()
+
+        row = re.search(r'<tr data-testid="replica" data-replica="http://127.0.0.1:9" data-circuit="(\w+)">(.*?)</tr>',
+                        html, re.S)
+        assert row is not None and row.group(1) == "open"
+        assert "probe in" in row.group(2) and "tollgate-small" in row.group(2)
+    finally:
+        Replica.objects.all().delete(), Deployment.objects.all().delete(), Pool.objects.all().delete()
+        pools.reload_pools()
