@@ -20,6 +20,7 @@ install: $(VENV)/.installed
 # Embedded defaults: SQLite, chDB, local cache, in-process Celery and CPU engine.
 run: install
 	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py collectstatic --noinput -v0
 	PORT=$(PORT) $(PY) manage.py seed_demo
 	PORT=$(PORT) $(PY) manage.py serve --port $(PORT)
 

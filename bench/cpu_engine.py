@@ -12,6 +12,12 @@ each, median throughput reported). Prints a markdown table of output tokens/s,
 p50/p99 request latency (submission to last token) and p50 time to first
 token, and the batched/sequential throughput ratio.
 
+Then the structured-output rows: the batched engine at each of
+``--structured-levels`` with every request free, half of them constrained
+by a JSON schema (``response_format``, batched together with the free ones)
+and all of them constrained, interleaved the same way; throughput relative
+to the all-free run in the same process is the cost of constrained decoding.
+
     .venv/bin/python bench/cpu_engine.py [--model tollgate-small] [--max-tokens 64]
 """
 
@@ -41,14 +47,25 @@ PROMPTS = [
 ]
 
 
-def make_requests(model: str, n: int, max_tokens: int, tag: str) -> list[GenerationRequest]:
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0},
+                   "tier": {"enum": ["mini", "small", "large"]}, "active": {"type": "boolean"},
+                   "tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["name", "age", "tier", "active", "tags"]}}}
+
+
+def make_requests(model: str, n: int, max_tokens: int, tag: str, constrained_every: int = 0) -> list[GenerationRequest]:
+    """``constrained_every`` k > 0: every k-th request asks for SCHEMA_FORMAT (1: all of them)."""
     return [
         GenerationRequest(
             request_id=f"{tag}-{i}",
             model=model,
             messages=(ChatMessage("user", PROMPTS[i % len(PROMPTS)]),),
             # Sampled with a fixed seed: realistic, and the same tokens for both engines.
-            sampling=SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i),
+            sampling=SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i,
+                                    response_format=SCHEMA_FORMAT if constrained_every and i % constrained_every == 0
+                                    else None),
         )
         for i in range(n)
     ]
@@ -102,6 +119,7 @@ async def main() -> None:
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--min-requests", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per engine and level")
+    ap.add_argument("--structured-levels", default="8,32", help="concurrency levels of the structured rows")
     args = ap.parse_args()
 
     import torch
@@ -142,6 +160,30 @@ async def main() -> None:
             f"| {c} | {n} | {b['tok_s']:.0f} | {b['p50']:.3f} | {b['p99']:.3f} | {b['ttft_p50']:.3f} "
             f"| {s['tok_s']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | {b['tok_s'] / s['tok_s']:.2f}x |"
         )
+
+    # Structured output: the same batched engine, free vs half vs all constrained, interleaved.
+    await run_level(batched, make_requests(args.model, 4, 8, "warm-json", constrained_every=1), 4)
+    structured = []
+    mixes = (("free", 0), ("half json_schema", 2), ("all json_schema", 1))
+    for c in (int(x) for x in args.structured_levels.split(",") if x):
+        n = max(args.min_requests, c * args.requests_per_client)
+        runs = {name: [] for name, _ in mixes}
+        for rep in range(args.repeats):
+            for name, every in mixes:
+                reqs = make_requests(args.model, n, args.max_tokens, f"so-{name}-{c}-{rep}", constrained_every=every)
+                runs[name].append(await run_level(batched, reqs, c))
+        structured.append((c, n, {name: summarize(r) for name, r in runs.items()}))
+        print(f"structured, concurrency {c}: " + ", ".join(f"{k} {v['tok_s']:.0f} tok/s"
+                                                           for k, v in structured[-1][2].items()), file=sys.stderr)
+    if structured:
+        print("\nStructured output (batched engine; constrained and free requests in the same batches)\n")
+        print("| concurrency | requests | mix | tok/s | p50 s | TTFT p50 s | throughput vs free |")
+        print("|---:|---:|---|---:|---:|---:|---:|")
+        for c, n, rows_by_mix in structured:
+            free = rows_by_mix["free"]["tok_s"]
+            for name, r in rows_by_mix.items():
+                print(f"| {c} | {n} | {name} | {r['tok_s']:.0f} | {r['p50']:.3f} | {r['ttft_p50']:.3f} "
+                      f"| {r['tok_s'] / free:.2f}x |")
     batched.shutdown()
     sequential.shutdown()
 

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench-echo"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi to the benchmark."}], "max_tokens": 16}
 MASTER_KEY = "sk-bench-master"
+LIMITED = "Tollgate gateway + rate limits (key and org, RPM and TPM)"
 
 SETUP = """
 from datetime import timedelta
@@ -67,6 +68,15 @@ org, _ = Organization.objects.get_or_create(slug="bench", defaults={{"name": "Be
 feature, _ = Feature.objects.get_or_create(organization=org, slug="bench")
 Budget.objects.get_or_create(organization=org, feature=None, defaults={{"amount": Decimal("1000000")}})
 print("KEY=" + issue_api_key(org, "bench key", default_feature=feature).plaintext)
+# The same with all four rate limits (key and org, requests and tokens per minute), too high to refuse anything.
+limited, _ = Organization.objects.get_or_create(slug="bench-limited", defaults={{"name": "Bench limited"}})
+Organization.objects.filter(pk=limited.pk).update(requests_per_minute=10**9, tokens_per_minute=10**9)
+limited_feature, _ = Feature.objects.get_or_create(organization=limited, slug="bench")
+Budget.objects.get_or_create(organization=limited, feature=None, defaults={{"amount": Decimal("1000000")}})
+limited_key = issue_api_key(limited, "bench limited key", default_feature=limited_feature)
+limited_key.api_key.requests_per_minute = limited_key.api_key.tokens_per_minute = 10**9
+limited_key.api_key.save()
+print("LIMITED_KEY=" + limited_key.plaintext)
 """
 
 
@@ -90,7 +100,7 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120.0, head
     raise RuntimeError(f"{url} did not come up")
 
 
-def prepare_database(database_url: str, env: dict, upstream: str) -> str:
+def prepare_database(database_url: str, env: dict, upstream: str) -> tuple[str, str]:
     import psycopg
 
     base, name = database_url.rsplit("/", 1)
@@ -100,7 +110,8 @@ def prepare_database(database_url: str, env: dict, upstream: str) -> str:
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     out = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP.format(model=MODEL, upstream=upstream)],
                          cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
-    return next(line[4:] for line in out.splitlines() if line.startswith("KEY="))
+    keys = dict(line.split("=", 1) for line in out.splitlines() if line.startswith(("KEY=", "LIMITED_KEY=")))
+    return keys["KEY"], keys["LIMITED_KEY"]
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -150,6 +161,9 @@ def main() -> None:
     ap.add_argument("--litellm", default="", help="path to the litellm executable (own virtualenv)")
     ap.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/tollgate_bench_gateway")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/8")
+    ap.add_argument("--rate-limits", nargs="?", const="after", choices=["after", "first"], default="",
+                    help="also time a key whose requests check all four rate limits (key and org, RPM and TPM), "
+                         "after the plain key in each level or (first) before it")
     args = ap.parse_args()
 
     procs: list[subprocess.Popen] = []
@@ -165,19 +179,25 @@ def main() -> None:
                    TOLLGATE_EMBEDDINGS_IN_PROCESS="false", TOLLGATE_INPROCESS_SHIPPER="true",
                    UVICORN_LOG_LEVEL="warning", DEBUG="false")
         env.pop("CELERY_BROKER_URL", None)
-        key = prepare_database(args.database_url, env, upstream)
+        key, limited_key = prepare_database(args.database_url, env, upstream)
         gw_port = free_port()
         gateway = f"http://127.0.0.1:{gw_port}"
         procs.append(subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(gw_port)], cwd=ROOT,
                                       env=env, stdout=subprocess.DEVNULL))
         wait_until_up(f"{gateway}/v1/models", procs[-1])
 
-        pids = {"upstream direct": procs[0].pid, "Tollgate gateway (auth, budget, ledger, spans)": procs[-1].pid}
+        pids = {"upstream direct": procs[0].pid, "Tollgate gateway (auth, budget, ledger, spans)": procs[-1].pid,
+                LIMITED: procs[-1].pid}
         paths = {
             "upstream direct": (f"{upstream}/v1/chat/completions", {}),
             "Tollgate gateway (auth, budget, ledger, spans)": (f"{gateway}/v1/chat/completions",
                                                                {"Authorization": f"Bearer {key}"}),
         }
+        if args.rate_limits:
+            paths[LIMITED] = (f"{gateway}/v1/chat/completions", {"Authorization": f"Bearer {limited_key}"})
+            if args.rate_limits == "first":  # the later path in a level runs on a fuller ledger and ClickHouse
+                paths = {name: paths[name] for name in ("upstream direct", LIMITED,
+                                                        "Tollgate gateway (auth, budget, ledger, spans)")}
         if args.litellm:
             ll_port = free_port()
             config = Path(tmp) / "litellm.yaml"
@@ -227,6 +247,13 @@ def main() -> None:
                 added = "–" if name == "upstream direct" else f"{r['p50'] - direct:.2f}"
                 print(f"| {name} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {added} | "
                       f"{r['cpu_ms']:.2f} | {r['errors']}{f' ({kinds})' if (kinds := r['error_kinds']) else ''} |")
+        if args.rate_limits:
+            gw = "Tollgate gateway (auth, budget, ledger, spans)"
+            for c in levels:
+                base, limited = results[(gw, c)], results[(LIMITED, c)]
+                print(f"\nc={c}: with rate limits / without: requests/s {limited['rps'] / base['rps']:.2f}x, "
+                      f"p50 {limited['p50'] - base['p50']:+.2f} ms, server CPU {limited['cpu_ms'] - base['cpu_ms']:+.2f} "
+                      f"ms/request")
         if args.litellm:
             ll = "LiteLLM proxy (1 worker, master key, no database)"
             gw = "Tollgate gateway (auth, budget, ledger, spans)"

@@ -1,13 +1,69 @@
+from django import forms
 from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html
 
+from core.admin_money import MoneyInput, money_column
 from core.money import format_usd
 from tenants import admin as tenants_admin
 from tenants.models import Organization
 
 from . import alerts, services
-from .models import Alert, AlertDelivery, Budget
+from .models import Alert, AlertDelivery, Budget, parse_thresholds
+
+# The alert percentages offered as checkboxes; a budget's own other values are offered too.
+COMMON_THRESHOLDS = (25, 50, 75, 80, 90, 100, 110, 125, 150, 200)
+
+
+class ThresholdsField(forms.TypedMultipleChoiceField):
+    """Budget.thresholds ("50,80,100") as checkboxes: no free text to mistype."""
+
+    widget = forms.CheckboxSelectMultiple
+    NONE_CHOSEN = "Choose at least one percentage that raises an alert."
+
+    def __init__(self, *args, **kwargs):
+        kwargs.pop("max_length", None)
+        kwargs.pop("empty_value", None)
+        kwargs.setdefault("error_messages", {"required": self.NONE_CHOSEN})
+        super().__init__(*args, coerce=int, choices=self.choices_for(), **kwargs)
+
+    @staticmethod
+    def choices_for(extra=()) -> list[tuple[int, str]]:
+        return [(p, f"{p}%") for p in sorted(set(COMMON_THRESHOLDS) | set(extra))]
+
+    def prepare_value(self, value):
+        if isinstance(value, str):
+            try:
+                return parse_thresholds(value)
+            except ValueError:
+                return []
+        return value
+
+    def clean(self, value):
+        chosen = super().clean(value)
+        if not chosen:
+            raise forms.ValidationError(self.NONE_CHOSEN)
+        return ",".join(str(p) for p in sorted(set(chosen)))
+
+
+class BudgetForm(forms.ModelForm):
+    thresholds = ThresholdsField(
+        label="Alert at", help_text="Percentages of the amount that raise an alert (email and webhook).")
+
+    class Meta:
+        model = Budget
+        fields = "__all__"
+        widgets = {"amount": MoneyInput()}
+        labels = {"amount": "Amount (USD per period)"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and self.instance.thresholds:
+            try:
+                own = parse_thresholds(self.instance.thresholds)
+            except ValueError:
+                own = []
+            self.fields["thresholds"].choices = ThresholdsField.choices_for(own)
 
 
 class BudgetStateFilter(admin.SimpleListFilter):
@@ -81,18 +137,29 @@ class BudgetAdmin(BudgetStatusColumns, admin.ModelAdmin):
     list_filter = ["organization", BudgetStateFilter, "period", "action"]
     autocomplete_fields = ["organization", "api_key", "user"]
     list_select_related = ["organization", "feature", "api_key", "user"]
-    readonly_fields = ["reset_at", "created_at"]
+    form = BudgetForm
+    readonly_fields = ["spent_this_period", "used", "forecast", "state", "reset_at", "created_at"]
     actions = ["reset_selected", "pause_selected", "resume_selected"]
     fieldsets = [
         (None, {"fields": ["organization", "amount", "period", "starts_at", "ends_at", "is_active"]}),
+        ("This period", {"fields": ["spent_this_period", "used", "forecast", "state"]}),
         ("Scope (at most one; none covers the whole organization)", {"fields": ["feature", "api_key", "user"]}),
         ("When it is used up", {"fields": ["action", "downgrade_at_percent", "downgrade_max_tokens", "thresholds"]}),
         ("History", {"fields": ["reset_at", "created_at"]}),
     ]
 
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:  # a new budget has spent nothing yet
+            return [fs for fs in self.fieldsets if fs[0] != "This period"]
+        return self.fieldsets
+
     def changelist_view(self, request, extra_context=None):
         self._status_cache = {}
         return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        self._status_cache = {}  # this request's spend, not the one an earlier page read
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="scope")
     def scope(self, obj):
@@ -122,6 +189,7 @@ class BudgetInline(BudgetStatusColumns, admin.TabularInline):
     """Budgets on the organization page (OrganizationAdmin below)."""
 
     model = Budget
+    form = BudgetForm
     extra = 0
     fields = ["feature", "api_key", "user", "period", "amount", "action", "thresholds", "is_active",
               "spent_this_period", "used", "forecast"]
@@ -151,11 +219,15 @@ class AlertDeliveryInline(admin.TabularInline):
 
 @admin.register(Alert)
 class AlertAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "budget_scope", "headline", "spent", "delivery", "acknowledged"]
+    list_display = ["created_at", "budget_scope", "headline", "spent_usd", "delivery", "acknowledged"]
     list_filter = ["kind", ("acknowledged_at", admin.EmptyFieldListFilter), "budget__organization"]
     list_select_related = ["budget__organization", "budget__feature", "budget__api_key", "budget__user"]
-    readonly_fields = ["budget", "kind", "threshold_percent", "window_start", "window_end", "amount", "spent",
-                       "forecast", "created_at", "acknowledged_at", "acknowledged_by"]
+    fields = ["budget", "kind", "threshold_percent", "window_start", "window_end", "amount_usd", "spent_usd",
+              "forecast_usd", "created_at", "acknowledged_at", "acknowledged_by"]
+    readonly_fields = fields
+    spent_usd = money_column("spent", "spent", rounded=True)
+    amount_usd = money_column("amount", "budget amount", rounded=True)
+    forecast_usd = money_column("forecast", "forecast", rounded=True)
     inlines = [AlertDeliveryInline]
     actions = ["acknowledge_selected"]
 

@@ -20,7 +20,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from core import db
@@ -506,8 +506,10 @@ def _settle_with_orm(reservation: Reservation, cost: Decimal) -> dict[int, Decim
     counter_ids = [h.counter_id for h in reservation.held]
     locked = {c.pk: c for c in BudgetCounter.objects.select_for_update()
               .filter(pk__in=counter_ids).order_by("budget_id", "window_start")}
-    still_held = dict(BudgetReservation.objects.filter(pk__in=reservation.reservation_ids)
-                      .values_list("counter_id", "amount"))
+    still_held: dict[int, Decimal] = {}  # a reservation extended for an escalation holds two rows per counter
+    for counter_id, amount in BudgetReservation.objects.filter(pk__in=reservation.reservation_ids).values_list(
+            "counter_id", "amount"):
+        still_held[counter_id] = still_held.get(counter_id, Decimal(0)) + amount
     BudgetReservation.objects.filter(pk__in=reservation.reservation_ids).delete()
     spent_after = {}
     for counter in locked.values():
@@ -515,6 +517,28 @@ def _settle_with_orm(reservation: Reservation, cost: Decimal) -> dict[int, Decim
         BudgetCounter.objects.filter(pk=counter.pk).update(spent=F("spent") + cost, reserved=F("reserved") - release)
         spent_after[counter.pk] = counter.spent + cost
     return spent_after
+
+
+def extend_reservation(reservation: Reservation, estimate: CostEstimate, org_id: int, feature_id: int | None,
+                       api_key_id: int | None, user_id: int | None, at: datetime) -> bool:
+    """Also hold ``estimate``'s worst case (an escalation to a stronger model), or say no.
+
+    The extra hold is reserved like any request (under the same locks, so concurrent requests cannot
+    overspend a block budget) and then joins ``reservation``: its one settlement releases both holds and
+    spends the real cost once. False, holding nothing more, when a block budget has no room for it or a
+    downgrade budget is past its threshold (it asks for cheaper answers, not stronger ones).
+    """
+    try:
+        extra = reserve_budget(f"{reservation.request_id}:{len(reservation.reservation_ids)}", org_id, feature_id,
+                               api_key_id, user_id, estimate, at)
+    except (BudgetExceeded, QualityUnavailable):
+        return False
+    if extra.downgraded or {h.counter_id for h in extra.held} != {h.counter_id for h in reservation.held}:
+        release_reservation(extra)  # (a budget appeared or ended meanwhile: do not mix two sets of counters)
+        return False
+    reservation.reservation_ids = (*reservation.reservation_ids, *extra.reservation_ids)
+    reservation.amount += extra.amount
+    return True
 
 
 def release_reservation(reservation: Reservation | None) -> None:

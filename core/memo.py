@@ -8,7 +8,12 @@ them) but are read on every request, so each web process keeps them for
 - the process that makes a change (admin, service function, signal) drops the
   affected entries at once;
 - other processes see the change within the TTL (docs/configuration.md,
-  ``TOLLGATE_CONFIG_CACHE_TTL_S``).
+  ``TOLLGATE_CONFIG_CACHE_TTL_S``);
+- a memo made with ``shared=True`` (API keys: a revocation must hold everywhere at once) is also dropped in
+  every other web process within milliseconds: ``invalidate_everywhere`` publishes the invalidation on a
+  Redis channel that each process listens to from a background thread (started by the first ``get``).
+  While a process is not subscribed (Redis down, reconnecting) the TTL still bounds staleness, and on
+  (re)subscribing it drops all its shared memos, since it may have missed messages.
 
 Why not Django's cache framework: its local-memory backend pickles every value
 on every ``get`` and takes a lock, and a shared (Redis) cache is a network
@@ -19,13 +24,19 @@ money (budget counters, the ledger) is always read from the database.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+import redis
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 V = TypeVar("V")
 
@@ -40,9 +51,10 @@ class Memo(Generic[V]):
     value read from the database before a change never outlives the change.
     """
 
-    def __init__(self, name: str, max_entries: int = 100_000):
+    def __init__(self, name: str, max_entries: int = 100_000, *, shared: bool = False):
         self.name = name
         self.max_entries = max_entries
+        self.shared = shared
         self._entries: dict[Hashable, tuple[float, V]] = {}
         self._generation = 0
         self._lock = threading.Lock()
@@ -59,6 +71,8 @@ class Memo(Generic[V]):
         entry = self._entries.get(key, _MISSING)
         if entry is not _MISSING and entry[0] > now:
             return entry[1]
+        if self.shared and _listener_pid != os.getpid():
+            _start_listening()
         generation = self._generation
         value = load()
         ttl = settings.TOLLGATE_CONFIG_CACHE_TTL_S if ttl_s is None else ttl_s
@@ -104,3 +118,75 @@ class Throttle:
             return False
         self._next[key] = now + interval_s
         return True
+
+
+# ----------------------------------------------------------------- invalidations across web processes
+
+CHANNEL = "tollgate:memo-invalidations"
+_listener_pid: int | None = None  # the process whose listener runs (a forked child starts its own)
+_listener_lock = threading.Lock()
+_publisher: redis.Redis | None = None
+subscribed = threading.Event()  # set while this process's listener is subscribed (tests wait on it)
+
+
+def invalidate_everywhere(memo: Memo, key: Hashable = _MISSING) -> None:
+    """Drop one entry (or all) of ``memo`` here now, and in every web process sharing Redis.
+
+    Keys must be JSON values (strings, numbers). Call it once the change is committed.
+    """
+    memo.invalidate(key)
+    if not settings.REDIS_URL:
+        return  # one process: nothing else to tell
+    global _publisher
+    try:
+        if _publisher is None:
+            _publisher = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        _publisher.publish(CHANNEL, json.dumps({"memo": memo.name, "key": None if key is _MISSING else key}))
+    except redis.RedisError as exc:
+        logger.warning("could not tell other web processes to drop memo %r (they will within the TTL): %s",
+                       memo.name, exc)
+
+
+def _start_listening() -> None:
+    global _listener_pid
+    if not settings.REDIS_URL:
+        _listener_pid = os.getpid()  # nothing to listen to
+        return
+    with _listener_lock:
+        if _listener_pid == os.getpid():
+            return
+        _listener_pid = os.getpid()
+        subscribed.clear()
+        threading.Thread(target=_listen, args=(settings.REDIS_URL,), name="memo-invalidations", daemon=True).start()
+
+
+def _drop(name: str, key) -> None:
+    for memo in list(_all_memos):
+        if memo.shared and (name is None or memo.name == name):
+            memo.invalidate() if key is None else memo.invalidate(key)
+
+
+def _listen(url: str) -> None:
+    backoff = 0.5
+    while True:
+        try:
+            client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2, health_check_interval=5)
+            pubsub = client.pubsub()
+            pubsub.subscribe(CHANNEL)
+            deadline = time.monotonic() + 10
+            while (message := pubsub.get_message(timeout=1.0)) is None or message["type"] != "subscribe":
+                if time.monotonic() > deadline:
+                    raise redis.TimeoutError("no subscription confirmation")
+            _drop(None, None)  # whatever was published before we listened
+            subscribed.set()
+            backoff = 0.5
+            while True:
+                message = pubsub.get_message(timeout=1.0)  # also pings now and then (health_check_interval)
+                if message is not None and message["type"] == "message":
+                    event = json.loads(message["data"])
+                    _drop(event["memo"], event["key"])
+        except Exception as exc:  # never let the listener die: staleness would then be unbounded by broadcast
+            subscribed.clear()
+            logger.warning("memo invalidations: not listening (retrying in %.1fs): %s", backoff, exc)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)

@@ -7,6 +7,21 @@ from datetime import date, timedelta
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+# Plotly's config for every chart (dashboards/static/dashboards/charts.js passes it to Plotly.newPlot).
+# A chargeback page never offers to send tenant data off-site: no "Share chart" (upload to
+# Chart Studio), no "Edit in Chart Studio", no plotly logo linking out. The PNG download stays;
+# it is drawn in the browser and never leaves the machine.
+CHART_CONFIG = {
+    "displaylogo": False,
+    "showSendToCloud": False,
+    "showEditInChartStudio": False,
+    "showLink": False,
+    "sendData": False,
+    "responsive": True,
+    "modeBarButtonsToRemove": ["sendDataToCloud", "editInChartStudio", "select2d", "lasso2d"],
+    "toImageButtonOptions": {"format": "png", "filename": "tollgate-chart"},
+}
+
 _LAYOUT = dict(
     margin=dict(l=48, r=16, t=40, b=40),
     height=320,
@@ -17,13 +32,37 @@ _LAYOUT = dict(
 )
 
 
-def spend_over_time(rows: list[tuple[date, object]], first_day: date, last_day: date) -> go.Figure:
+def spend_over_time(rows: list[tuple[date, object]], first_day: date, last_day: date, tz: str = "UTC") -> go.Figure:
+    """Spend per day; days are the org's days (midnight to midnight in `tz`), and the title says so."""
     by_day = {day: float(cost) for day, cost in rows}
     days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
     # Days without traffic are drawn as zero, not skipped, so gaps read as gaps.
     fig = go.Figure(go.Bar(x=days, y=[by_day.get(d, 0.0) for d in days], marker_color="#2563eb",
                            hovertemplate="%{x|%b %d}: $%{y:,.3~r}<extra></extra>"))
-    fig.update_layout(title="Spend per day", **_LAYOUT)
+    fig.update_layout(title=f"Spend per day ({tz})", **_LAYOUT)
+    return fig
+
+
+# Distinct colours for stacked series (features, models), in order of spend.
+_SERIES = ["#2563eb", "#7c3aed", "#059669", "#d97706", "#dc2626", "#0891b2", "#65a30d", "#db2777", "#4b5563"]
+
+
+def spend_over_time_stacked(rows: list[tuple[date, str, object]], first_day: date, last_day: date,
+                            tz: str = "UTC", by: str = "feature") -> go.Figure:
+    """Spend per day in the org's days, one stacked bar series per feature (or model), largest first."""
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    series: dict[str, dict] = {}
+    for day, key, cost in rows:
+        series.setdefault(key, {})[day] = series.get(key, {}).get(day, 0.0) + float(cost)
+    order = sorted(series, key=lambda k: (-sum(series[k].values()), k))
+    fig = go.Figure([
+        go.Bar(x=days, y=[series[key].get(d, 0.0) for d in days], name=key,
+               marker_color=_SERIES[i % len(_SERIES)],
+               hovertemplate=f"{key}<br>" + "%{x|%b %d}: $%{y:,.3~r}<extra></extra>")
+        for i, key in enumerate(order)
+    ] or [go.Bar(x=days, y=[0.0] * len(days), marker_color=_SERIES[0], showlegend=False)])
+    fig.update_layout(title=f"Spend per day ({tz}), by {by}", barmode="stack",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
     return fig
 
 
@@ -51,6 +90,8 @@ def cost_components(components) -> go.Figure:
     """
     # Two-line labels: a half-width panel would otherwise tilt them.
     billed = [("Base", components.base), ("Escalation", components.escalation)]
+    if components.unsplit:
+        billed.append(("Not split<br>(older rows)", components.unsplit))
     not_billed = [("Retry", components.retry), ("Cache<br>savings", components.savings_cache),
                   ("Token<br>savings", components.savings_tokens)]
     fig = go.Figure([
@@ -105,3 +146,91 @@ def pool_utilization(pools: list) -> go.Figure:
     layout = dict(_LAYOUT, xaxis=dict(tickformat=".0%", gridcolor="#e5e7eb", rangemode="tozero"), yaxis=dict())
     fig.update_layout(title="GPU utilization per pool", **layout)
     return _say_when_empty(fig, not rated, "No pool with a rate was used in this period")
+
+
+def retries_and_escalations_over_time(rows: list, first_day: date, last_day: date, tz: str) -> go.Figure:
+    """Retry cost (not billed) and escalation cost (billed) per day, side by side."""
+    by_day = {r.key: r for r in rows}
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    fig = go.Figure([
+        go.Bar(x=days, y=[float(by_day[d].escalation) if d in by_day else 0.0 for d in days],
+               name="Escalation (billed)", marker_color=_BILLED,
+               hovertemplate="%{x|%b %d}: $%{y:,.3~r} escalation (billed)<extra></extra>"),
+        go.Bar(x=days, y=[float(by_day[d].retry) if d in by_day else 0.0 for d in days],
+               name="Retry (not billed)", marker_color=_NOT_BILLED, marker_pattern_shape="/",
+               hovertemplate="%{x|%b %d}: $%{y:,.3~r} retry (not billed)<extra></extra>"),
+    ])
+    fig.update_layout(title=f"Retry and escalation cost per day ({tz})", barmode="group",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    return _say_when_empty(fig, not any(r.retry or r.escalation for r in rows),
+                           "No retries or escalations in this period")
+
+
+def savings_over_time(rows: list, first_day: date, last_day: date, tz: str) -> go.Figure:
+    """Cache and token-optimization savings per day (counterfactual: what was not spent), stacked."""
+    by_day = {r.key: r for r in rows}
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    fig = go.Figure([
+        go.Bar(x=days, y=[float(by_day[d].savings_cache) if d in by_day else 0.0 for d in days],
+               name="Cache", marker_color="#16a34a",
+               hovertemplate="%{x|%b %d}: $%{y:,.3~r} saved by the cache<extra></extra>"),
+        go.Bar(x=days, y=[float(by_day[d].savings_tokens) if d in by_day else 0.0 for d in days],
+               name="Token optimization", marker_color="#0891b2",
+               hovertemplate="%{x|%b %d}: $%{y:,.3~r} saved by token optimization<extra></extra>"),
+    ])
+    fig.update_layout(title=f"Saved per day, not billed ({tz})", barmode="stack",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    return _say_when_empty(fig, not any(r.saved for r in rows), "Nothing saved in this period")
+
+
+def cache_hit_rate_over_time(rows: list, first_day: date, last_day: date, tz: str) -> go.Figure:
+    """Cache hits per answered attempt, per day (days without traffic are gaps, not zeros)."""
+    by_day = {r.key: r for r in rows}
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    fig = go.Figure(go.Scatter(
+        x=days, y=[by_day[d].cache_hit_rate if d in by_day else None for d in days], mode="lines+markers",
+        name="Exact cache", line_color="#16a34a", connectgaps=False,
+        hovertemplate="%{x|%b %d}: %{y:.1%} of answered attempts<extra></extra>"))
+    layout = dict(_LAYOUT, yaxis=dict(tickformat=".0%", gridcolor="#e5e7eb", rangemode="tozero"))
+    fig.update_layout(title=f"Cache-hit rate per day ({tz})", **layout)
+    return _say_when_empty(fig, not rows, "No answered attempts in this period")
+
+
+def budget_burn(title: str, rows: list[tuple[date, object]], first_day: date, today: date, last_day: date,
+                amount, forecast, tz: str) -> go.Figure:
+    """Cumulative spend this period against the budget's amount, and the forecast to the period's end."""
+    by_day = {day: float(cost) for day, cost in rows}
+    days = [first_day + timedelta(days=i) for i in range((today - first_day).days + 1)]
+    running, cumulative = 0.0, []
+    for d in days:
+        running += by_day.get(d, 0.0)
+        cumulative.append(running)
+    fig = go.Figure([
+        go.Scatter(x=days, y=cumulative, mode="lines+markers", name="Spent", line_color=_BILLED,
+                   hovertemplate="%{x|%b %d}: $%{y:,.3~r} spent<extra></extra>"),
+        go.Scatter(x=[first_day, last_day], y=[float(amount)] * 2, mode="lines", name="Budget",
+                   line=dict(color="#dc2626", dash="dash"), hovertemplate="budget $%{y:,.2f}<extra></extra>"),
+    ])
+    if forecast is not None and days:
+        fig.add_trace(go.Scatter(x=[today, last_day], y=[cumulative[-1], float(forecast)], mode="lines",
+                                 name="Forecast", line=dict(color="#d97706", dash="dot"),
+                                 hovertemplate="%{x|%b %d}: $%{y:,.3~r} forecast<extra></extra>"))
+    fig.update_layout(title=f"{title} ({tz})",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    return fig
+
+
+def gpu_charges(report) -> go.Figure:
+    """One pool's cost over the period: each org's own GPU time and idle share, and the platform's overhead."""
+    names = [line.org_slug for line in report.lines] + ["platform overhead"]
+    used = [float(line.used) for line in report.lines] + [0.0]
+    idle = [float(line.idle_share) for line in report.lines] + [float(report.statement.platform_overhead)]
+    fig = go.Figure([
+        go.Bar(x=names, y=used, name="Own GPU time", marker_color="#0891b2",
+               hovertemplate="%{x}: $%{y:,.3~r} own GPU time<extra></extra>"),
+        go.Bar(x=names, y=idle, name="Idle time", marker_color=_NOT_BILLED, marker_pattern_shape="/",
+               hovertemplate="%{x}: $%{y:,.3~r} idle time<extra></extra>"),
+    ])
+    fig.update_layout(title=f"Pool {report.statement.pool}: who pays its cost", barmode="stack",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
+    return fig

@@ -1,6 +1,8 @@
 from django.contrib import admin
+from django.db import models
 from django.utils import timezone
 
+from core.admin_money import MoneyInput, money_column
 from core.money import format_usd
 
 from .models import CatalogModel, ChargebackPolicy, PoolRate, Price, UsageRecord
@@ -10,6 +12,7 @@ class PriceInline(admin.TabularInline):
     model = Price
     extra = 0
     ordering = ["-effective_from"]
+    formfield_overrides = {models.DecimalField: {"widget": MoneyInput}}
 
 
 @admin.register(CatalogModel)
@@ -29,8 +32,10 @@ class CatalogModelAdmin(admin.ModelAdmin):
 class PoolRateAdmin(admin.ModelAdmin):
     """GPU pool cost: add a row to change a rate; history keeps the old one."""
 
-    list_display = ["pool", "effective_from", "usd_per_gpu_hour", "gpus", "gpus_per_replica"]
+    list_display = ["pool", "effective_from", "usd_per_gpu_hour_usd", "gpus", "gpus_per_replica"]
     list_filter = ["pool"]
+    usd_per_gpu_hour_usd = money_column("usd_per_gpu_hour", "$ per GPU-hour")
+    formfield_overrides = {models.DecimalField: {"widget": MoneyInput}}
     ordering = ["pool", "-effective_from"]
 
 
@@ -46,13 +51,18 @@ class UsageRecordAdmin(admin.ModelAdmin):
     """The ledger is append-only: admins can read and filter it, never edit it."""
 
     list_display = ["created_at", "organization", "feature", "model_served", "pool", "status", "input_tokens",
-                    "output_tokens", "cost_total", "cost_retry", "cost_escalation", "duration_ms", "shipped"]
+                    "output_tokens", "cost_total_usd", "cost_retry_usd", "cost_escalation_usd", "duration_ms",
+                    "shipped"]
     list_filter = ["status", "attempt_kind", "chargeback_mode", "organization", "model_served", "pool", "streamed",
                    "cache_hit"]
     search_fields = ["request_id", "trace_id", "feature"]
     date_hierarchy = "created_at"
     list_select_related = ["organization"]
     show_full_result_count = False
+    # Exact (a request costs millionths of a dollar): $0.000012, never 0.000012000.
+    cost_total_usd = money_column("cost_total", "cost")
+    cost_retry_usd = money_column("cost_retry", "retry (not billed)")
+    cost_escalation_usd = money_column("cost_escalation", "escalation")
 
     @admin.display(boolean=True, description="shipped")
     def shipped(self, obj):

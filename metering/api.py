@@ -24,7 +24,7 @@ from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRen
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tenants.models import Organization
+from tenants.models import Membership, Organization
 from tenants.services import can_view_organization, organizations_managed_by
 
 from . import queries
@@ -124,10 +124,12 @@ class UsageGroup(serializers.Serializer):
     day = serializers.DateField(required=False)
     key = serializers.IntegerField(required=False, help_text="API key id (0: none).")
     user = serializers.IntegerField(required=False, help_text="User id (0: none).")
+    cache_layer = serializers.CharField(required=False, help_text="exact, semantic, embedding; blank: generated.")
     requests = serializers.IntegerField()
     refused = serializers.IntegerField()
     errors = serializers.IntegerField()
     cache_hits = serializers.IntegerField()
+    cache_hit_rate = serializers.FloatField(allow_null=True, help_text="cache_hits / requests.")
     input_tokens = serializers.IntegerField()
     cached_input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
@@ -144,6 +146,9 @@ class UsageGroup(serializers.Serializer):
     savings_tokens = serializers.DecimalField(**MONEY, help_text="Counterfactual: tokens removed by optimization.")
 
     def to_representation(self, instance):
+        if "cache_hits" in instance and "requests" in instance:
+            instance = {**instance, "cache_hit_rate": instance["cache_hits"] / instance["requests"]
+                        if instance["requests"] else None}
         data = super().to_representation(instance)
         return {k: v for k, v in data.items() if k in instance}
 
@@ -179,6 +184,7 @@ class UsageEvent(serializers.Serializer):
     savings_cache = serializers.DecimalField(**MONEY)
     savings_tokens = serializers.DecimalField(**MONEY)
     cache_hit = serializers.BooleanField()
+    cache_layer = serializers.CharField()
     downgraded = serializers.BooleanField()
 
 
@@ -206,10 +212,18 @@ class _LazyRows:
 
 def usage_filter(request, params: dict) -> queries.UsageFilter:
     """The caller's filter, narrowed to the orgs they may see. Another org's slug is a 404."""
+    user_id = params.get("user")
     if params.get("org"):
         org = Organization.objects.filter(slug=params["org"]).first()
-        if org is None or not can_view_organization(request.user, org):
+        if org is None:
             raise Http404("No such organization.")
+        if not can_view_organization(request.user, org):
+            # A member (not a manager) of the org reads their own usage only, as on the dashboards.
+            member = Membership.objects.filter(user=request.user, organization=org,
+                                               role=Membership.Role.MEMBER).exists()
+            if not member or user_id not in (None, request.user.pk):
+                raise Http404("No such organization.")
+            user_id = request.user.pk
         org_ids = (org.pk,)
     elif request.user.is_staff:
         org_ids = None
@@ -218,8 +232,19 @@ def usage_filter(request, params: dict) -> queries.UsageFilter:
     return queries.UsageFilter(
         start=params["start"], end=params["end"], org_ids=org_ids, feature=params.get("feature"),
         model=params.get("model"), pool=params.get("pool"), api_key_id=params.get("key"),
-        user_id=params.get("user"), tz=params.get("tz") or "UTC",
+        user_id=user_id, tz=params.get("tz") or "UTC",
     )
+
+
+def csv_filename(kind: str, params: dict, request) -> str:
+    """tollgate-usage-acme-20261101-20261201: the org (else "all" for staff, "my-orgs" for a manager) and
+    the period's UTC dates, end exclusive."""
+    start = params["start"].astimezone(dt_timezone.utc)
+    end = params["end"].astimezone(dt_timezone.utc)
+    scope = params.get("org") or ("all" if request.user.is_staff else "my-orgs")
+    parts = ["tollgate", kind, scope, f"{start:%Y%m%d}", f"{end:%Y%m%d}"]
+    # Slugs are [-a-zA-Z0-9_]: safe inside the quoted header value.
+    return "-".join(parts)
 
 
 _FORMAT = OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"],
@@ -230,10 +255,13 @@ class _UsageView(APIView):
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer, CsvRenderer]
     pagination_class = UsagePagination
 
-    def _respond(self, request, rows: _LazyRows, serializer_class):
+    def _respond(self, request, rows: _LazyRows, serializer_class, filename: str = "usage"):
         if getattr(request, "accepted_renderer", None) and request.accepted_renderer.format == "csv":
             everything = rows[0:rows.count()] if rows.count() else []
-            return Response(serializer_class(everything, many=True).data)
+            response = Response(serializer_class(everything, many=True).data)
+            # A download with a name that says what it holds (browsers otherwise save "usage" or "events").
+            response["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
+            return response
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(rows, request, view=self)
         return paginator.get_paginated_response(serializer_class(page, many=True).data)
@@ -251,7 +279,7 @@ class UsageSummaryView(_UsageView):
         group_by = params["group_by"]
         rows = _LazyRows(lambda: queries.usage_summary_count(f, group_by),
                          lambda limit, offset: queries.usage_summary(f, group_by, limit=limit, offset=offset))
-        return self._respond(request, rows, UsageGroup)
+        return self._respond(request, rows, UsageGroup, csv_filename("usage", params, request))
 
 
 class UsageEventsView(_UsageView):
@@ -264,7 +292,7 @@ class UsageEventsView(_UsageView):
         f = usage_filter(request, query.validated_data)
         rows = _LazyRows(lambda: queries.usage_events_count(f),
                          lambda limit, offset: queries.usage_events(f, limit=limit, offset=offset))
-        return self._respond(request, rows, UsageEvent)
+        return self._respond(request, rows, UsageEvent, csv_filename("usage-events", query.validated_data, request))
 
 
 # --- Pool statements (staff only): /api/pools/<pool>/statement/ -------------------------------

@@ -73,6 +73,11 @@ USAGE_EVENTS_ADDED_COLUMNS = [
     "discarded Bool DEFAULT false",
     "retry_attempt UInt16 DEFAULT 0",
     "tpot_ms Nullable(Float64)",
+    "route_tier Nullable(UInt8)",
+    "route_model LowCardinality(String) DEFAULT ''",
+    "route_reason LowCardinality(String) DEFAULT ''",
+    "route_score Nullable(Float32)",
+    "cache_layer LowCardinality(String) DEFAULT ''",
     "batch_id String DEFAULT ''",
 ]
 

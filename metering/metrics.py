@@ -31,6 +31,9 @@ CACHE_HITS = Counter("tollgate_cache_hits", "Requests answered from a cache.", [
 ERRORS = Counter("tollgate_errors", "Attempts that failed or were refused.", ["org", "model", "error_code"])
 SPANS_DROPPED = Counter("tollgate_spans_dropped", "Spans that could not be written to ClickHouse, even alone.")
 # Every error the gateway answers, also those that never become a ledger row (bad requests, 5xx).
+# Requests admitted without a rate-limit check because the rate-limit store (Redis) could not be reached.
+RATE_LIMIT_STORE_ERRORS = Counter("tollgate_rate_limit_store_errors",
+                                  "Requests admitted unchecked (fail open): the rate-limit store was unreachable.")
 HTTP_ERRORS = Counter("tollgate_http_errors", "Error answers of the /v1 gateway.", ["endpoint", "status", "code"])
 
 

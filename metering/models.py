@@ -169,10 +169,23 @@ class UsageRecord(models.Model):
     pool_rate = models.ForeignKey("PoolRate", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
 
     cache_hit = models.BooleanField(default=False)
+    # Which cache answered a cache hit: exact, semantic or embedding (blank for generated answers).
+    cache_layer = models.CharField(max_length=16, blank=True)
     downgraded = models.BooleanField(default=False)
     discarded = models.BooleanField(default=False, help_text="The answer was thrown away (escalated).")
     retry_attempt = models.PositiveSmallIntegerField(default=0, help_text="0 for the first try, 1.. for retries.")
     batch_id = models.CharField(max_length=64, blank=True, help_text="The Batch API batch this line belongs to.")
+
+    # The routing decision (routing/services.py): model_requested is what the caller sent (a name or
+    # "auto"), model_served what answered; route_model is the router's pick before a downgrade budget.
+    route_tier = models.PositiveSmallIntegerField(null=True, blank=True,
+                                                  help_text="Tier the request was served at.")
+    route_model = models.CharField(max_length=100, blank=True, help_text="Model the router chose.")
+    route_reason = models.CharField(max_length=32, blank=True,
+                                    help_text="Why: explicit, classifier, low_confidence, quality_high, min_tier, "
+                                              "nearest_tier or budget_cap.")
+    route_score = models.FloatField(null=True, blank=True,
+                                    help_text="The classifier's probability for its tier (auto only).")
 
     # Outbox state. A batch is claimed (ship_batch set) before it is sent, so a
     # replay after a crash re-sends exactly the same rows with the same dedup token.

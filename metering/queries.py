@@ -41,30 +41,77 @@ class UsageTotals:
 DASHBOARD_MEASURES = ["requests", "refused", "input_tokens", "output_tokens", "cost_total"]
 
 
-def usage_totals(org_id: int, start: datetime, end: datetime) -> UsageTotals:
-    (row,) = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,)), measures=DASHBOARD_MEASURES)
+# Narrowing a dashboard read: feature, model, api_key_id, user_id (UsageFilter's fields of those names).
+NARROWING = ("feature", "model", "api_key_id", "user_id")
+
+
+def _narrowed(org_ids: tuple[int, ...] | None, start: datetime, end: datetime, tz: str = "UTC",
+              **narrow) -> UsageFilter:
+    unknown = set(narrow) - set(NARROWING)
+    if unknown:
+        raise ValueError(f"cannot narrow by {', '.join(sorted(unknown))}")
+    return UsageFilter(start=start, end=end, org_ids=org_ids, tz=tz,
+                       **{k: v for k, v in narrow.items() if v is not None})
+
+
+def usage_totals(org_id: int, start: datetime, end: datetime, **narrow) -> UsageTotals:
+    """Totals of one org over [start, end); `narrow`: feature, model, api_key_id, user_id (see NARROWING)."""
+    (row,) = usage_summary(_narrowed((org_id,), start, end, **narrow), measures=DASHBOARD_MEASURES)
     return UsageTotals(requests=row["requests"], input_tokens=row["input_tokens"],
                        output_tokens=row["output_tokens"], cost=row["cost_total"], refused=row["refused"])
 
 
-def spend_by_day(org_id: int, start: datetime, end: datetime, tz: str = "UTC") -> list[tuple]:
+def spend_by_day(org_id: int, start: datetime, end: datetime, tz: str = "UTC", **narrow) -> list[tuple]:
     """(day in the org's time zone, cost) rows, oldest first."""
-    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,), tz=tz), ["day"], measures=["cost_total"])
+    rows = usage_summary(_narrowed((org_id,), start, end, tz, **narrow), ["day"], measures=["cost_total"])
     return sorted((row["day"], row["cost_total"]) for row in rows)
+
+
+def spend_by_day_and(dimension: str, org_id: int, start: datetime, end: datetime, tz: str = "UTC",
+                     **narrow) -> list[tuple]:
+    """(day in `tz`, feature or model, cost) rows, oldest first: spend over time, stacked by `dimension`."""
+    rows = usage_summary(_narrowed((org_id,), start, end, tz, **narrow), ["day", _GROUPABLE[dimension]],
+                         measures=["cost_total"])
+    return sorted((row["day"], row[_GROUPABLE[dimension]] or "(none)", row["cost_total"]) for row in rows)
 
 
 _GROUPABLE = {"feature": "feature", "model": "model"}
 
 
-def spend_by(dimension: str, org_id: int, start: datetime, end: datetime) -> list[dict]:
+def spend_by(dimension: str, org_id: int, start: datetime, end: datetime, **narrow) -> list[dict]:
     """Spend, requests and tokens grouped by `feature` or `model`, largest spend first."""
-    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,)), [_GROUPABLE[dimension]],
+    rows = usage_summary(_narrowed((org_id,), start, end, **narrow), [_GROUPABLE[dimension]],
                          measures=DASHBOARD_MEASURES)
     return [
         {"key": row[_GROUPABLE[dimension]] or "(none)", "cost": row["cost_total"], "requests": row["requests"],
          "input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"]}
         for row in rows if row["requests"]
     ]
+
+
+def top_spenders(dimension: str, org_id: int, start: datetime, end: datetime, *, limit: int = 10,
+                 **narrow) -> list[dict]:
+    """The org's largest spenders by API key (`key`) or user (`user`): id, label, spend, requests, tokens.
+
+    Keys and users are not in the rollups, so this reads usage_events (one org's range: its own granules).
+    Attempts without a key or user (id 0) are left out.
+    """
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import ApiKey
+
+    if dimension not in ("key", "user"):
+        raise ValueError(f"top spenders by {dimension!r}: give key or user")
+    rows = [r for r in usage_summary(_narrowed((org_id,), start, end, **narrow), [dimension],
+                                     measures=DASHBOARD_MEASURES, limit=limit + 1) if r[dimension]][:limit]
+    ids = [r[dimension] for r in rows]
+    if dimension == "key":
+        labels = {k.pk: f"{k.name} ({k.prefix}…)" for k in ApiKey.objects.filter(pk__in=ids, organization_id=org_id)}
+    else:
+        labels = {u.pk: u.get_username() for u in get_user_model().objects.filter(pk__in=ids)}
+    return [{"id": r[dimension], "label": labels.get(r[dimension], f"#{r[dimension]}"), "cost": r["cost_total"],
+             "requests": r["requests"], "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"]}
+            for r in rows]
 
 
 # --- Usage analytics: daily rollup for whole days, hourly for whole hours, raw for the edges -------
@@ -110,6 +157,7 @@ DIMENSIONS = {
     "day": ("toDate(hour, {tz:String})", "toDate(timestamp, {tz:String})"),
     "key": (None, "api_key_id"),
     "user": (None, "user_id"),
+    "cache_layer": (None, "cache_layer"),  # exact | semantic | embedding; blank: generated
 }
 
 # The daily tier pays off across many orgs (a staff view over 90 days reads up to 24× fewer rollup rows).
@@ -288,7 +336,7 @@ EVENT_COLUMNS = [
     "model_requested", "model_served", "pool", "attempt_kind", "status", "input_tokens", "cached_input_tokens",
     "output_tokens", "tokens_saved", "engine_seconds", "cost_input", "cost_output", "cost_gpu", "cost_total",
     "chargeback_mode", "cost_base", "cost_retry", "cost_escalation", "savings_cache", "savings_tokens",
-    "cache_hit", "downgraded",
+    "cache_hit", "cache_layer", "downgraded",
 ]
 
 
@@ -416,7 +464,13 @@ GPU_MEASURES = ["requests", "engine_seconds", "cost_gpu"]
 
 @dataclass(frozen=True)
 class CostComponents:
-    """Where the money went. billed == base + escalation; retry is recorded, savings are counterfactual."""
+    """Where the money went. billed == base + escalation + unsplit; retry is recorded, savings are counterfactual.
+
+    Every ledger row written by settlement splits its cost (cost_total == cost_base +
+    cost_escalation). Rows written without the split (history imported or seeded
+    before the components existed carry only cost_total) are still billed: their
+    cost is `unsplit`, shown as its own component so the parts always add up to the bill.
+    """
 
     requests: int
     answered: int
@@ -427,6 +481,11 @@ class CostComponents:
     escalation: Decimal
     savings_cache: Decimal
     savings_tokens: Decimal
+
+    @property
+    def unsplit(self) -> Decimal:
+        """Billed cost that no row assigned to base or escalation (zero for rows settlement wrote)."""
+        return self.billed - self.base - self.escalation
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -489,13 +548,13 @@ def _pools(by_pool: dict, start: datetime, end: datetime, with_capacity: bool) -
 
 
 def cost_breakdown(org_ids: tuple[int, ...] | None, start: datetime, end: datetime, *,
-                   with_capacity: bool = False) -> CostBreakdown:
+                   with_capacity: bool = False, **narrow) -> CostBreakdown:
     """Cost components and cache hits, and engine-seconds and GPU cost per pool (largest GPU cost first).
 
     with_capacity adds the replica-seconds each pool's rates say were paid for
     (utilization = engine-seconds ÷ replica-seconds); only meaningful for all orgs.
     """
-    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=org_ids), ["pool"],
+    rows = usage_summary(_narrowed(org_ids, start, end, **narrow), ["pool"],
                          measures=COMPONENT_MEASURES + ["engine_seconds", "cost_gpu"])
     total = _fold(rows, lambda row: None).get(None, {})
     return CostBreakdown(components=_components(total),
@@ -535,3 +594,270 @@ def platform_overview(start: datetime, end: datetime) -> PlatformOverview:
         components=_components(_fold(rows, lambda row: None).get(None, {})),
         pools=_pools(_fold(rows, lambda row: row["pool"]), start, end, with_capacity=True),
     )
+
+
+# --- Chargeback statement: one org, one period, lines per feature × model --------------------------
+
+STATEMENT_MEASURES = ["requests", "errors", "input_tokens", "cached_input_tokens", "output_tokens", "engine_seconds",
+                      "cost_gpu", "cost_base", "cost_escalation", "cost_retry", "cost_total"]
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    feature: str
+    model: str
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    engine_seconds: float
+    cost_gpu: Decimal
+    base: Decimal
+    escalation: Decimal
+    retry: Decimal  # recorded, not billed
+    billed: Decimal
+
+    @property
+    def unsplit(self) -> Decimal:
+        """Billed cost of rows that carry only a total (see CostComponents.unsplit)."""
+        return self.billed - self.base - self.escalation
+
+
+@dataclass(frozen=True)
+class Statement:
+    org_id: int
+    start: datetime
+    end: datetime
+    lines: list[StatementLine]
+    total: StatementLine
+
+
+def _statement_line(feature: str, model: str, m: dict) -> StatementLine:
+    return StatementLine(
+        feature=feature, model=model, requests=m.get("requests", 0), input_tokens=m.get("input_tokens", 0),
+        cached_input_tokens=m.get("cached_input_tokens", 0), output_tokens=m.get("output_tokens", 0),
+        engine_seconds=float(m.get("engine_seconds", 0.0)), cost_gpu=Decimal(m.get("cost_gpu", 0)),
+        base=Decimal(m.get("cost_base", 0)), escalation=Decimal(m.get("cost_escalation", 0)),
+        retry=Decimal(m.get("cost_retry", 0)), billed=Decimal(m.get("cost_total", 0)))
+
+
+def chargeback_statement(org_id: int, start: datetime, end: datetime) -> Statement:
+    """What one org is charged over [start, end): a line per feature × model (largest first) and the total.
+
+    Read through usage_summary like the usage API, so each line and the total equal
+    `/api/usage/?group_by=feature,model` for the same period to the nano-dollar.
+    """
+    rows = usage_summary(UsageFilter(start=start, end=end, org_ids=(org_id,)), ["feature", "model"],
+                         measures=STATEMENT_MEASURES)
+    rows = [r for r in rows if r["requests"] or r["cost_total"] or r["cost_retry"]]
+    lines = [_statement_line(r["feature"] or "(none)", r["model"] or "(none)", r) for r in rows]
+    total = _fold(rows, lambda row: None).get(None, {})
+    return Statement(org_id=org_id, start=start, end=end, lines=lines, total=_statement_line("", "", total))
+
+
+# --- Request log (drill-down): attempts newest first, and one request's attempts from the ledger ----
+
+
+def request_log(org_id: int, start: datetime, end: datetime, *, limit: int, offset: int = 0,
+                **narrow) -> tuple[int, list[dict]]:
+    """(how many attempts match, one page of them newest first) from usage_events; `narrow` as usage_totals."""
+    f = _narrowed((org_id,), start, end, **narrow)
+    return usage_events_count(f), usage_events(f, limit=limit, offset=offset)
+
+
+def request_attempts(org_id: int, request_id: str) -> list[UsageRecord]:
+    """Every ledger row (attempt) of one request of one org, in the order they happened.
+
+    Read from the ledger (PostgreSQL), not ClickHouse: it is exact, includes rows not
+    shipped yet, and carries what the analytics table does not (replica, errors, timings).
+    """
+    return list(UsageRecord.objects.filter(organization_id=org_id, request_id=request_id)
+                .order_by("created_at", "retry_attempt", "event_id"))
+
+
+# --- Retries and escalations: what failed attempts and replaced answers cost, per day and per model ------
+
+
+@dataclass(frozen=True)
+class RetryEscalationRow:
+    key: object  # a day (in the filter's time zone) or a model name
+    requests: int
+    errors: int
+    retry: Decimal  # recorded, not billed
+    escalation: Decimal  # billed
+    billed: Decimal
+
+    @property
+    def escalation_share(self) -> float | None:
+        """Escalation's share of what was billed."""
+        return float(self.escalation / self.billed) if self.billed else None
+
+    @property
+    def retry_share(self) -> float | None:
+        """Retry cost against what was billed (how much more the failures would have added)."""
+        return float(self.retry / self.billed) if self.billed else None
+
+
+@dataclass(frozen=True)
+class RetriesAndEscalations:
+    by_day: list[RetryEscalationRow]
+    by_model: list[RetryEscalationRow]
+    total: RetryEscalationRow
+
+
+def retries_and_escalations(org_id: int, start: datetime, end: datetime, tz: str = "UTC",
+                            **narrow) -> RetriesAndEscalations:
+    """One read grouped by day × model, folded by day (oldest first) and by model (largest retry + escalation)."""
+    rows = usage_summary(_narrowed((org_id,), start, end, tz, **narrow), ["day", "model"],
+                         measures=["requests", "errors", "cost_retry", "cost_escalation", "cost_total"])
+
+    def row(key, m) -> RetryEscalationRow:
+        return RetryEscalationRow(key=key, requests=m.get("requests", 0), errors=m.get("errors", 0),
+                                  retry=Decimal(m.get("cost_retry", 0)),
+                                  escalation=Decimal(m.get("cost_escalation", 0)),
+                                  billed=Decimal(m.get("cost_total", 0)))
+
+    by_day = sorted((row(k, m) for k, m in _fold(rows, lambda r: r["day"]).items()), key=lambda r: r.key)
+    by_model = sorted((row(k or "(none)", m) for k, m in _fold(rows, lambda r: r["model"]).items()),
+                      key=lambda r: (-(r.retry + r.escalation), -r.billed, r.key))
+    return RetriesAndEscalations(by_day=by_day, by_model=by_model,
+                                 total=row(None, _fold(rows, lambda r: None).get(None, {})))
+
+
+# --- Breakdown pages (features, models, keys, users): cost, tokens, latency, errors ----------------------
+
+BREAKDOWN_DIMENSIONS = ("feature", "model", "key", "user")
+
+
+@dataclass(frozen=True)
+class BreakdownRow:
+    key: object  # feature or model name, API key id or user id
+    requests: int
+    errors: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    label: str = ""
+
+    @property
+    def cost_per_request(self) -> Decimal | None:
+        return self.cost / self.requests if self.requests else None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+
+def breakdown(dimension: str, org_id: int, start: datetime, end: datetime, *, limit: int = 100,
+              **narrow) -> list[BreakdownRow]:
+    """Per feature, model, API key or user: requests, tokens, billed cost, latency and TTFT p50/p95, errors.
+
+    Percentiles need every attempt, which the rollups do not keep, so this reads
+    usage_events (one org's range; ClickHouse's `quantiles`, approximate, like every
+    latency percentile on a dashboard). Refused attempts are left out of latency.
+    """
+    if dimension not in BREAKDOWN_DIMENSIONS:
+        raise ValueError(f"cannot break down by {dimension!r}")
+    f = _narrowed((org_id,), start, end, **narrow)
+    sql, params = _events_sql(f)
+    column = DIMENSIONS[dimension][1]
+    answered = "status != 'refused'"
+    result = get_client().query(
+        f"SELECT {column} AS k, countIf({answered}), countIf(status = 'error'), sum(toUInt64(input_tokens)), "
+        f"sum(toUInt64(cached_input_tokens)), sum(toUInt64(output_tokens)), sum(toDecimal128(cost_total, 9)), "
+        f"quantilesIf(0.5, 0.95)(duration_ms, {answered}), "
+        f"quantilesIf(0.5, 0.95)(ttft_ms, {answered} AND ttft_ms IS NOT NULL) "
+        f"{sql} GROUP BY k ORDER BY sum(toDecimal128(cost_total, 9)) DESC, k LIMIT {int(limit)}",
+        parameters=params)
+
+    def pct(values, i):
+        value = values[i] if values else None
+        return None if value is None or value != value else float(value)  # NaN: no attempt had one
+
+    rows = [BreakdownRow(key=k, requests=int(n), errors=int(e), input_tokens=int(i), cached_input_tokens=int(c),
+                         output_tokens=int(o), cost=Decimal(cost), latency_p50_ms=pct(lat, 0),
+                         latency_p95_ms=pct(lat, 1), ttft_p50_ms=pct(ttft, 0), ttft_p95_ms=pct(ttft, 1))
+            for k, n, e, i, c, o, cost, lat, ttft in result.result_rows]
+    if dimension in ("key", "user"):
+        rows = _labelled(dimension, org_id, [r for r in rows if r.key])
+    return rows
+
+
+def _labelled(dimension: str, org_id: int, rows: list[BreakdownRow]) -> list[BreakdownRow]:
+    from dataclasses import replace
+
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import ApiKey
+
+    ids = [r.key for r in rows]
+    if dimension == "key":
+        labels = {k.pk: f"{k.name} ({k.prefix}…)" for k in ApiKey.objects.filter(pk__in=ids, organization_id=org_id)}
+    else:
+        labels = {u.pk: u.get_username() for u in get_user_model().objects.filter(pk__in=ids)}
+    return [replace(r, label=labels.get(r.key, f"#{r.key}")) for r in rows]
+
+
+# --- Savings: what the cache and token optimization saved (counterfactual, never billed) ----------------
+
+
+@dataclass(frozen=True)
+class SavingsRow:
+    key: object  # a day in the filter's time zone, or a feature
+    answered: int
+    cache_hits: int
+    tokens_saved: int
+    savings_cache: Decimal
+    savings_tokens: Decimal
+    billed: Decimal
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return self.cache_hits / self.answered if self.answered else None
+
+    @property
+    def saved(self) -> Decimal:
+        return self.savings_cache + self.savings_tokens
+
+
+@dataclass(frozen=True)
+class Savings:
+    by_day: list[SavingsRow]
+    by_feature: list[SavingsRow]
+    total: SavingsRow
+
+
+def savings(org_id: int, start: datetime, end: datetime, tz: str = "UTC", **narrow) -> Savings:
+    """Cache and token-optimization savings and cache hits per day and per feature (one read, day × feature).
+
+    Routing and escalation savings join here as those levers record theirs; today the
+    cache (one exact layer) and token optimization record what they saved.
+    """
+    rows = usage_summary(_narrowed((org_id,), start, end, tz, **narrow), ["day", "feature"],
+                         measures=["requests", "errors", "cache_hits", "tokens_saved", "savings_cache",
+                                   "savings_tokens", "cost_total"])
+
+    def row(key, m) -> SavingsRow:
+        return SavingsRow(key=key, answered=m.get("requests", 0) - m.get("errors", 0),
+                          cache_hits=m.get("cache_hits", 0), tokens_saved=m.get("tokens_saved", 0),
+                          savings_cache=Decimal(m.get("savings_cache", 0)),
+                          savings_tokens=Decimal(m.get("savings_tokens", 0)), billed=Decimal(m.get("cost_total", 0)))
+
+    by_day = sorted((row(k, m) for k, m in _fold(rows, lambda r: r["day"]).items()), key=lambda r: r.key)
+    by_feature = sorted((row(k or "(none)", m) for k, m in _fold(rows, lambda r: r["feature"]).items()),
+                        key=lambda r: (-r.saved, r.key))
+    return Savings(by_day=by_day, by_feature=by_feature, total=row(None, _fold(rows, lambda r: None).get(None, {})))
+
+
+def gpu_pool_reports(start: datetime, end: datetime) -> list:
+    """Every rated pool's statement over [start, end): total, used, idle, each org's charge (own GPU time plus
+    any idle share) and platform overhead (metering.pool_statements; PostgreSQL only)."""
+    from .models import PoolRate
+
+    pools = sorted(set(PoolRate.objects.values_list("pool", flat=True)))
+    return [pool_statements.pool_statement_report(pool, start, end) for pool in pools]

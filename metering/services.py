@@ -51,10 +51,17 @@ class UsageDraft:
     price_id: int | None = None
     pool_rate_id: int | None = None
     cache_hit: bool = False
+    cache_layer: str = ""  # exact | semantic | embedding, on a cache hit
     downgraded: bool = False
     # True when this attempt's answer was thrown away for a stronger model's (escalation cost).
     discarded: bool = False
     retry_attempt: int = 0
+    # The routing decision (see UsageRecord.route_*): tier served at, the router's model, why, and the
+    # classifier's probability (None when it did not run).
+    route_tier: int | None = None
+    route_model: str = ""
+    route_reason: str = ""
+    route_score: float | None = None
     batch_id: str = ""  # the Batch API batch, for a batch line's attempts
     # Counterfactual: what a cache hit would have cost had it been generated (set by the cache).
     savings_cache: Decimal = Decimal(0)
@@ -157,9 +164,14 @@ def ledger_row(draft: UsageDraft) -> UsageRecord:
         price_id=draft.price_id,
         pool_rate_id=draft.pool_rate_id,
         cache_hit=draft.cache_hit,
+        cache_layer=draft.cache_layer,
         downgraded=draft.downgraded,
         discarded=draft.discarded,
         retry_attempt=draft.retry_attempt,
+        route_tier=draft.route_tier,
+        route_model=draft.route_model,
+        route_reason=draft.route_reason,
+        route_score=draft.route_score,
         batch_id=draft.batch_id,
     )
 

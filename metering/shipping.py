@@ -83,6 +83,11 @@ _SHIPPED = [
     ("discarded", "discarded", pa.bool_()),
     ("retry_attempt", "retry_attempt", pa.uint16()),
     ("tpot_ms", "tpot_ms", pa.float64()),
+    ("route_tier", "route_tier", pa.uint8()),
+    ("route_model", "route_model", pa.string()),
+    ("route_reason", "route_reason", pa.string()),
+    ("route_score", "route_score", pa.float32()),
+    ("cache_layer", "cache_layer", pa.string()),
     ("batch_id", "batch_id", pa.string()),
 ]
 USAGE_COLUMNS = [column for column, _, _ in _SHIPPED]

@@ -79,4 +79,19 @@ def usage_attributes(draft: UsageDraft, *, response_id: str, finish_reason: str 
         attrs["gen_ai.response.finish_reasons"] = (finish_reason,)
     if draft.ttft_ms is not None:
         attrs["tollgate.ttft_ms"] = draft.ttft_ms
+    attrs.update(decision_attributes(requested=draft.model_requested, tier=draft.route_tier,
+                                     model=draft.route_model, reason=draft.route_reason, score=draft.route_score))
+    return attrs
+
+
+def decision_attributes(*, requested: str, tier: int | None, model: str, reason: str, score: float | None) -> dict:
+    """The routing decision (routing/services.py) as span attributes; nothing when no decision was made."""
+    if not reason:
+        return {}
+    attrs = {"tollgate.route.requested_model": requested, "tollgate.route.reason": reason,
+             "tollgate.route.chosen_model": model}
+    if tier is not None:
+        attrs["tollgate.route.tier"] = tier
+    if score is not None:
+        attrs["tollgate.route.score"] = score
     return attrs

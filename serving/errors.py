@@ -87,6 +87,17 @@ class ModelNotFound(OpenAIError):
     code = "model_not_found"
 
 
+class ModelNotAllowed(OpenAIError):
+    """The org's routing policy does not let this request use the model it named."""
+
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message, param="model", code=code)
+
+
 class NotFound(OpenAIError):
     status = 404
     type = "invalid_request_error"
@@ -132,6 +143,20 @@ class QualityUnavailable(OpenAIError):
     status = 429
     type = "insufficient_quota"
     code = "budget_downgraded"
+
+
+class RateLimitExceeded(OpenAIError):
+    """A key's or an org's requests or tokens per minute (serving/ratelimits.py); sent with Retry-After.
+
+    OpenAI's shape: ``type`` is the kind of limit ("requests" or "tokens"), ``code`` is ``rate_limit_exceeded``.
+    """
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str]):
+        super().__init__(message, headers=headers)
+        self.type = kind
 
 
 class QueueFull(OpenAIError):

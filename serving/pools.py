@@ -566,6 +566,31 @@ def engine_for_model(model_name: str) -> Engine | None:
     return deployment
 
 
+@dataclass(frozen=True)
+class ReplicaState:
+    """One replica as this web process sees it now (the GPU dashboard's replica table)."""
+
+    pool: str
+    model: str
+    replica: str
+    healthy: bool
+    circuit: str  # closed, half_open, open
+    outstanding: int
+    circuit_opened: int
+    probe_in_s: float
+
+
+def replica_states() -> list[ReplicaState]:
+    states = []
+    for model, deployment in sorted(pool_topology().deployments.items()):
+        for r in deployment.replicas:
+            states.append(ReplicaState(pool=deployment.pool.name, model=model, replica=r.label, healthy=r.healthy,
+                                       circuit=r.breaker.state, outstanding=r.outstanding,
+                                       circuit_opened=r.breaker.times_opened,
+                                       probe_in_s=r.breaker.seconds_until_probe()))
+    return states
+
+
 def served_model_names() -> set[str]:
     return set(pool_topology().deployments)
 

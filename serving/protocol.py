@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
+import jsonschema
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .engines.base import ChatMessage, SamplingParams
+from .engines.base import ChatMessage, SamplingParams, TokenLogprob
 from .errors import InvalidRequest
 
 
@@ -144,6 +146,51 @@ class ResponseFormat(RequestModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
+    @model_validator(mode="after")
+    def _schema_is_a_json_schema(self):
+        # Checked at the edge, whatever engine serves the request: a broken schema is the caller's 400 here,
+        # never a worker's failure later. (Engines refuse, also with a 400, what they cannot enforce.)
+        if self.type != "json_schema":
+            return self
+        if self.json_schema is None:
+            raise ValueError("'json_schema' is required when 'type' is 'json_schema'")
+        schema = self.json_schema.schema_
+        if schema is not None:
+            try:
+                jsonschema.validators.validator_for(schema).check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                path = "/".join(str(p) for p in exc.path)
+                raise ValueError(f"'json_schema.schema' is not a valid JSON Schema"
+                                 f"{f' (at {path})' if path else ''}: {exc.message}"[:500]) from None
+        return self
+
+
+class AnswerValidation(RequestModel):
+    """Tollgate's ``validation`` extension: checks the answer must pass. A routed (``model: "auto"``)
+    request that fails them is escalated to a stronger model, up to the policy's limit; any request
+    reports the verdict in ``X-Tollgate-Validation``."""
+
+    regex: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    json_schema: dict[str, Any] | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value):
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"'regex' does not compile: {exc}") from None
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _is_a_schema(cls, value):
+        try:
+            jsonschema.validators.validator_for(value).check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"'json_schema' is not a valid JSON Schema: {exc.message}"[:500]) from None
+        return value
+
 
 class SamplingFields(RequestModel):
     """Sampling parameters shared by chat and text completions."""
@@ -224,6 +271,7 @@ class ChatCompletionRequest(SamplingFields):
     function_call: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
     verbosity: Literal["low", "medium", "high"] | None = None  # honoured by the gateway (optimize_tokens)
+    validation: AnswerValidation | None = None  # Tollgate's extension, honoured by the gateway (escalate)
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
@@ -241,6 +289,13 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("only 'auto' and 'default' are served here")
         return value
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value, info: ValidationInfo):
+        if value and not info.data.get("logprobs"):
+            raise ValueError("'top_logprobs' is only allowed when 'logprobs' is true")
+        return value
+
     @property
     def max_output_tokens(self) -> int | None:
         """``max_completion_tokens`` (the current name) or ``max_tokens`` (the deprecated one)."""
@@ -252,6 +307,8 @@ class ChatCompletionRequest(SamplingFields):
 
     def to_sampling_params(self, max_tokens: int) -> SamplingParams:
         params = super().to_sampling_params(max_tokens)
+        if self.logprobs:
+            params = dataclasses.replace(params, logprobs=True, top_logprobs=self.top_logprobs or 0)
         if self.response_format is None or self.response_format.type == "text":
             return params
         return dataclasses.replace(params, response_format=self.response_format.model_dump(by_alias=True,
@@ -341,6 +398,46 @@ class EngineReport(ResponseModel):
     time_to_first_token_seconds: float | None = None
 
 
+class TopLogprob(ResponseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatCompletionTokenLogprob(ResponseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(ResponseModel):
+    """``choices[].logprobs`` of a chat completion or chunk, as OpenAI sends it."""
+
+    content: list[ChatCompletionTokenLogprob] | None = None
+    refusal: list[ChatCompletionTokenLogprob] | None = None
+
+    @classmethod
+    def of(cls, tokens: list[TokenLogprob] | None) -> "ChoiceLogprobs":
+        return cls(content=[
+            ChatCompletionTokenLogprob(
+                token=t.token, logprob=t.logprob, bytes=None if t.bytes is None else list(t.bytes),
+                top_logprobs=[TopLogprob(token=a.token, logprob=a.logprob,
+                                         bytes=None if a.bytes is None else list(a.bytes)) for a in t.top])
+            for t in tokens or ()])
+
+
+def token_logprobs_from_wire(content: list[dict] | None) -> list[TokenLogprob]:
+    """OpenAI's ``logprobs.content`` entries (from a worker) as engine TokenLogprobs."""
+
+    def one(entry: dict, top=()) -> TokenLogprob:
+        raw = entry.get("bytes")
+        return TokenLogprob(str(entry.get("token", "")), float(entry.get("logprob", 0.0)),
+                            None if raw is None else tuple(int(b) for b in raw), top)
+
+    return [one(e, tuple(one(a) for a in e.get("top_logprobs") or ())) for e in content or ()]
+
+
 class AssistantMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
@@ -350,7 +447,7 @@ class AssistantMessage(ResponseModel):
 class ChatCompletionChoice(ResponseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None
 
 
@@ -373,7 +470,7 @@ class DeltaMessage(ResponseModel):
 class ChatCompletionChunkChoice(ResponseModel):
     index: int = 0
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -511,4 +608,9 @@ class TextCompletionRequest(CompletionRequest):
 
     def engine_parameters(self) -> set[str]:
         return super().engine_parameters() - {"echo"}
+
+    # What the route stage asks of a chat request, which a text completion cannot set.
+    response_format: ClassVar[None] = None
+    tools: ClassVar[None] = None
+    validation: ClassVar[None] = None
 

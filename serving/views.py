@@ -16,7 +16,6 @@ models and service functions; everything else stays Django (tollgate/asgi.py).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from importlib import import_module
 
@@ -162,8 +161,7 @@ async def _context(request: Request, request_id: str, span: trace.Span, wire_typ
         ctx.partial_allowed = partial_allowed(partial)
     optimize = request.headers.get("x-tollgate-optimize")
     if optimize is not None:
-        ctx.token_policy = dataclasses.replace(optimize_tokens.default_policy(),
-                                               steps=optimize_tokens.parse_steps(optimize))
+        ctx.token_steps = optimize_tokens.parse_steps(optimize)
     return ctx
 
 

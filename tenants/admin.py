@@ -20,7 +20,7 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "timezone", "created_at"]
+    list_display = ["name", "slug", "timezone", "requests_per_minute", "tokens_per_minute", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [FeatureInline, MembershipInline]  # budgets.admin adds its budgets
@@ -48,10 +48,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ["name", "prefix", "organization__slug"]
     readonly_fields = ["key_prefix", "created_at", "last_used_at"]
     autocomplete_fields = ["organization", "user"]
-    actions = ["revoke_selected"]
+    actions = ["rotate_selected", "revoke_selected"]
 
     def get_fields(self, request, obj=None):
-        fields = ["organization", "name", "default_feature", "user", "expires_at"]
+        fields = ["organization", "name", "default_feature", "user", "expires_at", "requests_per_minute",
+                  "tokens_per_minute"]
         if obj is not None:
             fields += ["revoked_at", "key_prefix", "created_at", "last_used_at"]
         return fields
@@ -83,6 +84,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
             ),
             level=messages.WARNING,
         )
+
+    @admin.action(description="Rotate selected API keys (new keys; the old ones keep working for the overlap)")
+    def rotate_selected(self, request, queryset):
+        for key in queryset:
+            try:
+                issued = services.rotate_api_key(key)
+            except ValueError as exc:
+                self.message_user(request, f"{key}: {exc}", level=messages.ERROR)
+                continue
+            self.message_user(
+                request,
+                format_html("New key for {} (the old one works until {} UTC); copy it now, it will not be shown "
+                            "again: <code style='user-select:all'>{}</code>",
+                            key.name, f"{services.ApiKey.objects.get(pk=key.pk).expires_at:%Y-%m-%d %H:%M}",
+                            issued.plaintext),
+                level=messages.WARNING,
+            )
 
     @admin.action(description="Revoke selected API keys")
     def revoke_selected(self, request, queryset):

@@ -6,4 +6,4 @@ class TenantsConfig(AppConfig):
     verbose_name = "Tenants"
 
     def ready(self):
-        from . import signals  # noqa: F401  (connects the memo invalidation receivers)
+        from . import login_throttle, signals  # noqa: F401  (connect their receivers)

@@ -18,6 +18,22 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(f"{value!r} is not a known time zone") from exc
 
 
+def default_org_requests_per_minute() -> int | None:
+    return settings.TOLLGATE_DEFAULT_ORG_REQUESTS_PER_MINUTE
+
+
+def default_org_tokens_per_minute() -> int | None:
+    return settings.TOLLGATE_DEFAULT_ORG_TOKENS_PER_MINUTE
+
+
+def default_key_requests_per_minute() -> int | None:
+    return settings.TOLLGATE_DEFAULT_KEY_REQUESTS_PER_MINUTE
+
+
+def default_key_tokens_per_minute() -> int | None:
+    return settings.TOLLGATE_DEFAULT_KEY_TOKENS_PER_MINUTE
+
+
 class Organization(models.Model):
     slug = models.SlugField(unique=True, help_text="Short name used in URLs and reports.")
     name = models.CharField(max_length=200)
@@ -34,6 +50,16 @@ class Organization(models.Model):
     alert_webhook_secret = models.CharField(
         max_length=100, blank=True,
         help_text="Shared secret for the X-Tollgate-Signature HMAC. Generated when a webhook URL is first set.",
+    )
+    # Rate limits for the whole org, every key together (serving/ratelimits.py). Blank: unlimited. New orgs
+    # start with TOLLGATE_DEFAULT_ORG_*_PER_MINUTE (unset: blank).
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, default=default_org_requests_per_minute, help_text="Most /v1 requests per minute for the whole organization. Blank: unlimited.",
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, default=default_org_tokens_per_minute,
+        help_text="Most tokens per minute for the whole organization (prompt + max_tokens, counted when a request "
+                  "arrives). Blank: unlimited.",
     )
 
     class Meta:
@@ -92,7 +118,9 @@ class ApiKey(models.Model):
     name = models.CharField(max_length=200)
     # Public, unique part of the key, used to find the row without scanning hashes.
     prefix = models.CharField(max_length=32, unique=True, editable=False)
-    secret_hash = models.CharField(max_length=64, editable=False)
+    # "hmac-sha256:<hex>" keyed with TOLLGATE_API_KEY_HASH_SECRET; a bare 64-hex value is a key issued before
+    # that (plain SHA-256), rehashed the first time it authenticates (tenants.services).
+    secret_hash = models.CharField(max_length=100, editable=False)
     default_feature = models.ForeignKey(
         Feature, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="Feature billed when a request sends no X-Feature header.",
@@ -105,6 +133,19 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Rate limits for this key alone, on top of its organization's. Blank: only the organization's apply.
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, default=default_key_requests_per_minute,
+        help_text="Most /v1 requests per minute with this key. Blank: unlimited.",
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, default=default_key_tokens_per_minute,
+        help_text="Most tokens per minute with this key (prompt + max_tokens, counted when a request arrives). "
+                  "Blank: unlimited.",
+    )
+    # Set on the new key by a rotation: the key it replaces (which then expires after the overlap).
+    replaces = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                 editable=False)
 
     class Meta:
         ordering = ["organization", "name"]

@@ -7,13 +7,15 @@ import hmac
 import secrets
 import string
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from core.memo import Memo, Throttle
+from core.memo import Memo, Throttle, invalidate_everywhere
 
 from .models import ApiKey, Feature, Membership, Organization
 
@@ -59,6 +61,11 @@ class TenantContext:
     user_id: int | None
     feature_id: int | None
     feature_slug: str
+    # Rate limits (serving/ratelimits.py); None: unlimited.
+    key_requests_per_minute: int | None = None
+    key_tokens_per_minute: int | None = None
+    org_requests_per_minute: int | None = None
+    org_tokens_per_minute: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,10 +74,30 @@ class IssuedKey:
     plaintext: str  # shown once, never stored
 
 
+HASH_SCHEME = "hmac-sha256:"
+
+
 def hash_secret(plaintext_key: str) -> str:
-    # Keys are 40 random base62 characters (~238 bits), so a fast hash is as
-    # strong as a slow one here and keeps authentication off the CPU budget.
-    return hashlib.sha256(plaintext_key.encode()).hexdigest()
+    """The stored form of a key: HMAC-SHA256 keyed with a server-side secret (TOLLGATE_API_KEY_HASH_SECRET).
+
+    Keys are 40 random base62 characters (~238 bits), so a fast hash is as strong as a slow one against
+    guessing and keeps authentication off the CPU budget; the server-side secret means a copy of the
+    database alone (a backup, a replica) is not enough to check a guessed or leaked key against it.
+    """
+    digest = hmac.new(settings.TOLLGATE_API_KEY_HASH_SECRET.encode(), plaintext_key.encode("utf-8", "surrogatepass"),
+                      hashlib.sha256).hexdigest()
+    return HASH_SCHEME + digest
+
+
+def _legacy_hash(plaintext_key: str) -> str:
+    # Keys issued before keyed hashes: a bare SHA-256, rehashed the first time the key authenticates.
+    return hashlib.sha256(plaintext_key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def secret_matches(stored_hash: str, plaintext_key: str) -> bool:
+    """Whether ``plaintext_key`` is the key stored as ``stored_hash``, compared in constant time."""
+    expected = hash_secret(plaintext_key) if stored_hash.startswith(HASH_SCHEME) else _legacy_hash(plaintext_key)
+    return hmac.compare_digest(stored_hash.encode(), expected.encode())
 
 
 def generate_key_material() -> tuple[str, str]:
@@ -138,12 +165,17 @@ class KeyRecord:
     org_timezone: str
     default_feature_id: int | None
     default_feature_slug: str
+    key_requests_per_minute: int | None = None
+    key_tokens_per_minute: int | None = None
+    org_requests_per_minute: int | None = None
+    org_tokens_per_minute: int | None = None
 
 
-# Keys by prefix. A revocation in this process drops the entry at once (revoke_api_key, signals);
-# other web processes notice within TOLLGATE_CONFIG_CACHE_TTL_S.
-_keys: Memo[KeyRecord | None] = Memo("api keys")
-_features: Memo[int | None] = Memo("features")
+# Keys by prefix. A change (revocation, rotation, an admin edit) drops the entry here at once and, once
+# committed, in every other web process through Redis (core/memo.py); without that channel within
+# TOLLGATE_CONFIG_CACHE_TTL_S.
+_keys: Memo[KeyRecord | None] = Memo("api keys", shared=True)
+_features: Memo[int | None] = Memo("features", shared=True)
 _last_used = Throttle()
 
 
@@ -157,6 +189,9 @@ def _load_key(prefix: str) -> KeyRecord | None:
         expires_at=key.expires_at, user_id=key.user_id, org_id=key.organization_id,
         org_slug=key.organization.slug, org_timezone=key.organization.timezone,
         default_feature_id=feature.pk if feature else None, default_feature_slug=feature.slug if feature else "",
+        key_requests_per_minute=key.requests_per_minute, key_tokens_per_minute=key.tokens_per_minute,
+        org_requests_per_minute=key.organization.requests_per_minute,
+        org_tokens_per_minute=key.organization.tokens_per_minute,
     )
 
 
@@ -170,12 +205,19 @@ def _feature_id(org_id: int, slug: str, blocking: bool = True) -> int | None:
 
 
 def forget_cached_keys(prefix: str | None = None) -> None:
-    """Drop memoized keys (one, or all) so the next request reads the database."""
+    """Drop memoized keys (one, or all) so the next request reads the database: here now, and in every web
+    process once the change is committed."""
+    _forget(prefix, everywhere=False)
+    transaction.on_commit(lambda: _forget(prefix, everywhere=True))
+
+
+def _forget(prefix: str | None, everywhere: bool) -> None:
+    drop = invalidate_everywhere if everywhere else (lambda memo, *key: memo.invalidate(*key))
     if prefix is None:
-        _keys.invalidate()
-        _features.invalidate()
+        drop(_keys)
+        drop(_features)
     else:
-        _keys.invalidate(prefix)
+        drop(_keys, prefix)
 
 
 def authenticate_api_key(authorization_header: str | None, feature_slug: str | None = None, *,
@@ -202,8 +244,12 @@ def authenticate_api_key(authorization_header: str | None, feature_slug: str | N
         # Unknown prefixes are not memoized, so guessing keys cannot fill the memo.
         key = _keys.get(prefix, (lambda: _load_key(prefix)) if blocking else _would_block,
                         store=lambda record: record is not None)
-    if key is None or not hmac.compare_digest(key.secret_hash, hash_secret(plaintext)):
+    if key is None or not secret_matches(key.secret_hash, plaintext):
         raise AuthenticationFailed(f"Incorrect API key provided: {redact_key(plaintext)}.")
+    if not key.secret_hash.startswith(HASH_SCHEME):
+        if not blocking:
+            raise WouldBlock
+        _rehash(key, plaintext)
     now = timezone.now()
     if key.revoked_at is not None:
         raise AuthenticationFailed("This API key has been revoked.")
@@ -229,6 +275,10 @@ def authenticate_api_key(authorization_header: str | None, feature_slug: str | N
         user_id=key.user_id,
         feature_id=feature_id,
         feature_slug=feature,
+        key_requests_per_minute=key.key_requests_per_minute,
+        key_tokens_per_minute=key.key_tokens_per_minute,
+        org_requests_per_minute=key.org_requests_per_minute,
+        org_tokens_per_minute=key.org_tokens_per_minute,
     )
 
 
@@ -242,9 +292,37 @@ def _touch_last_used(key_id: int, now) -> None:
         ApiKey.objects.filter(pk=key_id).update(last_used_at=now)
 
 
+def _rehash(key: KeyRecord, plaintext: str) -> None:
+    ApiKey.objects.filter(pk=key.key_id, secret_hash=key.secret_hash).update(secret_hash=hash_secret(plaintext))
+    forget_cached_keys(key.prefix)
+
+
 def revoke_api_key(key: ApiKey) -> None:
+    """Refuse the key from now on, in every web process (once this commits)."""
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     forget_cached_keys(key.prefix)
+
+
+def rotate_api_key(key: ApiKey, overlap: timedelta | None = None) -> IssuedKey:
+    """A new key like ``key`` (org, name, feature, person, limits); ``key`` keeps working for ``overlap``
+    (TOLLGATE_API_KEY_ROTATION_OVERLAP_S by default), so callers can switch without downtime, then expires."""
+    if overlap is None:
+        overlap = timedelta(seconds=settings.TOLLGATE_API_KEY_ROTATION_OVERLAP_S)
+    with transaction.atomic():
+        old = ApiKey.objects.select_for_update().get(pk=key.pk)
+        if not old.is_active:
+            raise ValueError("Only an active key can be rotated; issue a new key instead.")
+        issued = issue_api_key(old.organization, old.name, default_feature=old.default_feature, user=old.user,
+                               expires_at=old.expires_at)
+        issued.api_key.requests_per_minute = old.requests_per_minute
+        issued.api_key.tokens_per_minute = old.tokens_per_minute
+        issued.api_key.replaces = old
+        issued.api_key.save(update_fields=["requests_per_minute", "tokens_per_minute", "replaces"])
+        ends = timezone.now() + overlap
+        if old.expires_at is None or old.expires_at > ends:
+            ApiKey.objects.filter(pk=old.pk).update(expires_at=ends)
+        forget_cached_keys(old.prefix)
+    return issued
 
 
 def organizations_managed_by(user) -> "list[Organization]":

@@ -79,6 +79,14 @@ def forget_memoized_configuration():
     clear_all_memos()
 
 
+@pytest.fixture(autouse=True)
+def no_response_caching(settings):
+    """Tests send the same deterministic request again and again (to exhaust a budget, to warm a prefix
+    cache) and mean the engine to answer each; the response caches are off for them. tests/caching turns
+    them back on."""
+    settings.TOLLGATE_CACHE = False
+
+
 @pytest.fixture
 def catalog(db):
     """The three CPU-engine models and the embedding model, with prices effective since last year."""
@@ -158,3 +166,48 @@ def pytest_runtest_teardown(item):
         if thread.name == "budget-alert-delivery":
             thread.join(30)
     yield
+
+
+@pytest.fixture
+def second_gateway(live_gateway, transactional_db, tmp_path):
+    """Another web process (`manage.py serve`) on the same PostgreSQL and Redis as the tests, with its own
+    chDB folder, and memos that live 10 minutes: whatever it learns of a change within a test, it learns from
+    the other processes, not from its memo expiring."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+    from django.db import connection
+
+    db = connection.settings_dict
+    env = {**os.environ,
+           "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+           "CLICKHOUSE_DSN": f"chdb:///{tmp_path / 'clickhouse'}", "TOLLGATE_INPROCESS_SHIPPER": "false",
+           "TOLLGATE_SPANS_TO_CLICKHOUSE": "false", "TOLLGATE_CONFIG_CACHE_TTL_S": "600",
+           "UVICORN_LOG_LEVEL": "warning"}
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)],
+                              cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except httpx.TransportError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"second gateway exited: {server.stdout.read()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("second gateway did not start")
+                time.sleep(0.2)
+        yield LiveGateway(port)
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)

@@ -23,12 +23,8 @@ if settings.TOLLGATE_INPROCESS_SHIPPER:
 
     start_inprocess_shipper()
 
-if settings.TOLLGATE_SERVE_STATIC:
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-    site_application = ASGIStaticFilesHandler(django_application)
-else:
-    site_application = django_application
+# /static/ is served by WhiteNoise's middleware inside Django (TOLLGATE_SERVE_STATIC, settings.py).
+site_application = django_application
 
 # /v1 (the OpenAI API) is served by Starlette in this same process: see serving/views.py.
 from serving.asgi import route_gateway_requests  # noqa: E402

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -61,11 +62,15 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "csp",
     "rest_framework",
     "drf_spectacular",
     "tenants",
     "metering",
     "budgets",
+    "routing",
+    "caching",
     "serving",
     "batches",
     "dashboards",
@@ -74,10 +79,13 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every Django page (policy below); early, so error pages carry it too.
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "tenants.login_throttle.LoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -96,6 +104,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "csp.context_processors.nonce",
             ],
         },
     },
@@ -131,6 +140,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
+# Sign-in throttling (tenants/login_throttle.py): this many failures for one username from one address within
+# the window lock that username out from that address for the lockout time (seconds).
+TOLLGATE_LOGIN_FAILURE_LIMIT = env_int("TOLLGATE_LOGIN_FAILURE_LIMIT", 5)
+TOLLGATE_LOGIN_FAILURE_WINDOW_S = env_int("TOLLGATE_LOGIN_FAILURE_WINDOW_S", 15 * 60)
+TOLLGATE_LOGIN_LOCKOUT_S = env_int("TOLLGATE_LOGIN_LOCKOUT_S", 15 * 60)
 LOGIN_REDIRECT_URL = "dashboards:index"
 LOGOUT_REDIRECT_URL = "login"
 
@@ -141,11 +155,52 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("STATIC_ROOT", str(VAR_DIR / "static")))
+try:  # WhiteNoise scans it at start; an empty folder until collectstatic fills it
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:
+    pass
 # plotly.js is served from the installed plotly package, never from a CDN.
 STATICFILES_DIRS = [("plotly", str(Path(__import__("plotly").__file__).parent / "package_data"))]
-# Serve /static/ from the ASGI app itself (embedded default). Behind a web
-# server or CDN set it to false and run collectstatic.
+# Serve /static/ from the web process itself, through WhiteNoise: gzip (and brotli where the brotli package
+# is installed) and, for the content-hashed names collectstatic writes, Cache-Control for a year
+# ("immutable"). Without collectstatic the files are still served (from the apps and plotly, through the
+# finders) under their plain names, uncompressed, with a 60-second lifetime. `make run` collects them.
+# Behind a web server or CDN set it to false and serve STATIC_ROOT there.
 TOLLGATE_SERVE_STATIC = env_bool("TOLLGATE_SERVE_STATIC", True)
+if TOLLGATE_SERVE_STATIC:
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+WHITENOISE_USE_FINDERS = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "tollgate.staticfiles.CompressedHashedStaticFiles"},
+}
+
+# --- Content-Security-Policy (django-csp) ------------------------------------
+# Pages load scripts, styles, fonts and images from this site only, and talk to it only: nothing a page
+# shows (tenant usage) can be sent elsewhere by a script, and no other site may frame it. Scripts:
+# 'self' plus a per-response nonce for an inline script that needs one (the dashboards have none: their
+# charts are drawn by a static file from JSON data blocks, which are not scripts). Styles allow inline
+# style attributes, which plotly.js sets on every element it draws and Django's admin uses; a style
+# attribute cannot run code. img-src allows data: and blob: for plotly's PNG download and the admin's
+# icons. TOLLGATE_CSP_REPORT_ONLY=true sends the same policy as Content-Security-Policy-Report-Only.
+_CSP_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", NONCE],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+if env_bool("TOLLGATE_CSP_REPORT_ONLY", False):
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = _CSP_POLICY
+else:
+    CONTENT_SECURITY_POLICY = _CSP_POLICY
 
 LOGGING = {
     "version": 1,
@@ -226,14 +281,37 @@ SERVE_ENGINE_LOG_LEVEL = env("UVICORN_LOG_LEVEL", "warning")
 TOLLGATE_MAX_REQUEST_BYTES = env_int("TOLLGATE_MAX_REQUEST_BYTES", 1_048_576)
 TOLLGATE_DEFAULT_MAX_TOKENS = env_int("TOLLGATE_DEFAULT_MAX_TOKENS", 64)
 TOLLGATE_MAX_TOKENS_LIMIT = env_int("TOLLGATE_MAX_TOKENS_LIMIT", 1024)
+# The tier classifier `model: "auto"` uses (routing/classifier.py); empty: the one kept in the repository.
+TOLLGATE_ROUTER_CLASSIFIER = env("TOLLGATE_ROUTER_CLASSIFIER", "")
 # Idempotency-Key: how long a request's answer is kept for replay, and how long an unfinished first request
 # holds its key (a process that died mid-request gives it back then).
 TOLLGATE_IDEMPOTENCY_TTL_S = env_int("TOLLGATE_IDEMPOTENCY_TTL_S", 24 * 3600)
 TOLLGATE_IDEMPOTENCY_RUNNING_S = env_int("TOLLGATE_IDEMPOTENCY_RUNNING_S", 600)
-# The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
-# always ends by settling and responding. Stages to come (token optimization, cache) go here.
-# Token optimization (serving/stages/optimize_tokens.py): the steps that run unless a request's
-# X-Tollgate-Optimize says otherwise ("off", "on", or a comma list of dedupe, tools, context, history),
+# Rate limits (per key and per org, set in admin; serving/ratelimits.py): the store shared by every web process
+# (Redis; empty: this process's memory, for one process), and how long a request waits for it before it is
+# admitted unchecked (fail open, counted in tollgate_rate_limit_store_errors_total).
+TOLLGATE_RATE_LIMIT_REDIS_URL = env("TOLLGATE_RATE_LIMIT_REDIS_URL", REDIS_URL)
+TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S = float(env("TOLLGATE_RATE_LIMIT_REDIS_TIMEOUT_S", "0.25"))
+
+
+def env_limit(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else None
+
+
+# The limits a new organization or key starts with (edit them in admin afterwards); unset: none (unlimited).
+TOLLGATE_DEFAULT_ORG_REQUESTS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_ORG_REQUESTS_PER_MINUTE")
+TOLLGATE_DEFAULT_ORG_TOKENS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_ORG_TOKENS_PER_MINUTE")
+TOLLGATE_DEFAULT_KEY_REQUESTS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_KEY_REQUESTS_PER_MINUTE")
+TOLLGATE_DEFAULT_KEY_TOKENS_PER_MINUTE = env_limit("TOLLGATE_DEFAULT_KEY_TOKENS_PER_MINUTE")
+# API keys are stored as HMAC-SHA256 keyed with this secret (by default SECRET_KEY). Changing it invalidates
+# every issued key: set it once, keep it with SECRET_KEY in the secret store.
+TOLLGATE_API_KEY_HASH_SECRET = env("TOLLGATE_API_KEY_HASH_SECRET", "") or SECRET_KEY
+# A rotated key (admin action "Rotate", tenants.services.rotate_api_key) keeps working this long beside the new one.
+TOLLGATE_API_KEY_ROTATION_OVERLAP_S = env_int("TOLLGATE_API_KEY_ROTATION_OVERLAP_S", 24 * 3600)
+# Token optimization (serving/stages/optimize_tokens.py), for orgs and features without a routing policy:
+# the steps that run ("off", "on", or a comma list of dedupe, tools, context, history; a request's
+# X-Tollgate-Optimize may switch some off),
 # the prompt budgets in tokens past which context is selected and history summarized, the longest string
 # kept in a tool output, and the history summary's length and cache lifetime.
 TOLLGATE_TOKEN_OPTIMIZATION = env("TOLLGATE_TOKEN_OPTIMIZATION", "on")
@@ -242,15 +320,24 @@ TOLLGATE_HISTORY_BUDGET_TOKENS = env_int("TOLLGATE_HISTORY_BUDGET_TOKENS", 1536)
 TOLLGATE_TOOL_OUTPUT_FIELD_CHARS = env_int("TOLLGATE_TOOL_OUTPUT_FIELD_CHARS", 2000)
 TOLLGATE_SUMMARY_MAX_TOKENS = env_int("TOLLGATE_SUMMARY_MAX_TOKENS", 96)
 TOLLGATE_SUMMARY_CACHE_TTL_S = env_int("TOLLGATE_SUMMARY_CACHE_TTL_S", 86400)
+# The unsafe-content check escalation runs (serving/validation.py): a dotted path to check(text) -> reason
+# or None. The default flags card numbers, private keys, API keys and weapon instructions.
+TOLLGATE_UNSAFE_CONTENT_CHECK = env("TOLLGATE_UNSAFE_CONTENT_CHECK", "serving.validation.default_unsafe_check")
+# The request flow's stages before the answer, in order (serving/stages/, docs/architecture.md); the flow
+# always ends by settling and responding. The cache stages sit after route (their keys hold the served
+# model) and before reserve_budget (a hit holds no budget).
 TOLLGATE_CHAT_STAGES = [
+    "serving.stages.rate_limit",
     "serving.stages.idempotency",
     "serving.stages.optimize_tokens",
     "serving.stages.route",
+    "serving.stages.cache",
     "serving.stages.reserve_budget",
     "serving.stages.generate",
 ]
 # /v1/completions shares route, budget and generation with chat; raw_prompt sends the prompt untemplated.
 TOLLGATE_COMPLETIONS_STAGES = [
+    "serving.stages.rate_limit",
     "serving.stages.idempotency",
     "serving.stages.route",
     "serving.stages.raw_prompt",
@@ -258,11 +345,21 @@ TOLLGATE_COMPLETIONS_STAGES = [
     "serving.stages.generate",
 ]
 TOLLGATE_EMBEDDINGS_STAGES = [
+    "serving.stages.rate_limit",
     "serving.stages.idempotency",
     "serving.stages.route",
+    "serving.stages.embedding_cache",
     "serving.stages.reserve_budget",
     "serving.stages.embed",
 ]
+# Caches (caching/, docs/configuration.md): all of them on or off; how long an answer is kept when neither the feature's cache
+# policy nor the caller's Cache-Control says otherwise; the semantic cache on or off for everyone; how
+# large a partition is searched exactly before an HNSW graph is built; partitions indexed per process.
+TOLLGATE_CACHE = env_bool("TOLLGATE_CACHE", True)  # false: no request is answered from or kept in any cache
+TOLLGATE_CACHE_TTL_S = env_int("TOLLGATE_CACHE_TTL_S", 24 * 3600)
+TOLLGATE_SEMANTIC_CACHE = env_bool("TOLLGATE_SEMANTIC_CACHE", True)
+TOLLGATE_SEMANTIC_EXACT_MAX = env_int("TOLLGATE_SEMANTIC_EXACT_MAX", 4096)
+TOLLGATE_SEMANTIC_PARTITIONS_IN_MEMORY = env_int("TOLLGATE_SEMANTIC_PARTITIONS_IN_MEMORY", 10_000)
 # The Batch API (batches/): the largest input file and the most requests in one, how many lines of a batch
 # run at once, and the Celery priority of batch tasks (low: interactive work's tasks go first).
 TOLLGATE_BATCH_FILE_MAX_BYTES = env_int("TOLLGATE_BATCH_FILE_MAX_BYTES", 50 * 1024 * 1024)

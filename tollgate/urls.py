@@ -16,6 +16,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/usage/", include("metering.urls")),
+    path("api/cache/", include("caching.urls")),
     path("api/pools/<str:pool>/statement/", metering_api.PoolStatementView.as_view(), name="pool-statement"),
     path("metrics", metering_views.metrics, name="metrics"),
 ]

@@ -79,6 +79,11 @@ class SamplingParams:
     presence_penalty: float = 0.0
     logit_bias: tuple[tuple[str, int], ...] = ()
     response_format: dict | None = None
+    # OpenAI's logprobs / top_logprobs (0..20): the log-probability of each generated token, and of the most
+    # likely alternatives at its position, from the model's own distribution (before temperature, top-p and
+    # any grammar mask: vLLM's default, "raw" logprobs).
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,12 +96,27 @@ class GenerationRequest:
     prompt: str | None = None
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability (OpenAI's ``logprobs.content[]`` entry).
+
+    ``bytes`` is the token's UTF-8 bytes (OpenAI's field; ``None`` when a worker sent none); ``top`` the
+    most likely tokens at that position, each a TokenLogprob without ``top`` of its own.
+    """
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    top: tuple["TokenLogprob", ...] = ()
+
+
 @dataclass
 class TextDelta:
-    """A piece of generated text and how many tokens produced it."""
+    """A piece of generated text and how many tokens produced it (with their logprobs, when asked for)."""
 
     text: str
     token_count: int
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -113,6 +133,23 @@ class GenerationResult:
     time_to_first_token_s: float | None = None
     engine_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    # Every generated token's log-probability, when the request asked for them (SamplingParams.logprobs);
+    # None otherwise. The end-of-sequence token is not among them (OpenAI never shows it).
+    logprobs: list[TokenLogprob] | None = None
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """Mean log-probability of the generated tokens (a confidence signal), None without logprobs."""
+        if not self.logprobs:
+            return None
+        return sum(t.logprob for t in self.logprobs) / len(self.logprobs)
+
+    @property
+    def min_logprob(self) -> float | None:
+        """The least likely generated token's log-probability, None without logprobs."""
+        if not self.logprobs:
+            return None
+        return min(t.logprob for t in self.logprobs)
 
 
 class Engine(abc.ABC):

@@ -32,6 +32,7 @@ import aiohttp
 from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..protocol import token_logprobs_from_wire
 from .base import (
     ChatMessage,
     Engine,
@@ -131,10 +132,10 @@ def worker_error(base_url: str, status: int, body: bytes) -> EngineError:
 class RemoteEngine(Engine):
     """One worker URL serving ``models``."""
 
-    # What vLLM's OpenAI server takes and this adapter passes on. (n, logprobs and tools change the
-    # response's shape, which the gateway does not carry yet, so they are refused before this.)
+    # What vLLM's OpenAI server takes and this adapter passes on. (n and tools change the response's shape,
+    # which the gateway does not carry yet, so they are refused before this.)
     supported_parameters = frozenset({"frequency_penalty", "presence_penalty", "logit_bias", "response_format",
-                                      "messages.name"})
+                                      "logprobs", "top_logprobs", "messages.name"})
 
     def __init__(self, base_url: str, models: list[str], *, context_windows: dict[str, int] | None = None,
                  connect_timeout: float = 2.0, read_timeout: float = 60.0):
@@ -203,6 +204,10 @@ class RemoteEngine(Engine):
             body["logit_bias"] = dict(sp.logit_bias)
         if sp.response_format is not None:
             body["response_format"] = sp.response_format
+        if sp.logprobs and request.prompt is None:
+            body["logprobs"] = True
+            if sp.top_logprobs:
+                body["top_logprobs"] = sp.top_logprobs
         if request.prompt is not None:
             body["prompt"] = request.prompt
             return "/v1/completions", body
@@ -222,6 +227,7 @@ class RemoteGenerationStream(GenerationStream):
         self._usage: dict = {}
         self._report: dict = {}
         self._parts: list[str] = []
+        self._logprobs: list | None = [] if request.sampling.logprobs else None
         self._finish_reason: str | None = None
         self._started_at = 0.0
         self._first_at: float | None = None
@@ -275,13 +281,17 @@ class RemoteGenerationStream(GenerationStream):
                         self._finish_reason = choice["finish_reason"]
                     total = self._usage.get("completion_tokens", produced)
                     count = max(0, total - produced)
-                    if text or count:
+                    logprobs = None
+                    if self._logprobs is not None and choice.get("logprobs"):
+                        logprobs = token_logprobs_from_wire(choice["logprobs"].get("content"))
+                        self._logprobs.extend(logprobs)
+                    if text or count or logprobs:
                         if self._first_at is None:
                             self._first_at = time.perf_counter()
                         self.received_first_token = True
                         produced = max(produced, total)
                         self._parts.append(text)
-                        yield TextDelta(text, count)
+                        yield TextDelta(text, count, logprobs)
             ended = True
             self.result = self._build_result(self._finish_reason or "stop")
         except HTTP_ERRORS as exc:
@@ -329,6 +339,7 @@ class RemoteGenerationStream(GenerationStream):
             time_to_first_token_s=ttft,
             engine_seconds=float(engine_seconds),
             extra=extra,
+            logprobs=self._logprobs,
         )
 
     async def cancel(self) -> None:

@@ -40,6 +40,7 @@ from ..protocol import (
     ChatCompletionChunkChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChoiceLogprobs,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
@@ -56,7 +57,7 @@ from ..protocol import (
     encode_embedding,
     parse_request,
 )
-from .base import Engine, EngineError, GenerationRequest, GenerationResult, PromptTooLong
+from .base import Engine, EngineError, EngineRejected, GenerationRequest, GenerationResult, PromptTooLong
 
 # vLLM's default is "the rest of the context"; the gateway always sends max_tokens, so this is for direct callers.
 DEFAULT_MAX_TOKENS = 16
@@ -208,6 +209,8 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
         if engine is None or body.model not in engine.model_names():
             raise errors.ModelNotFound(f"The model `{body.model}` does not exist.", param="model")
         unsupported = sorted(body.engine_parameters() - engine.supported_parameters)
+        if isinstance(body, CompletionRequest) and body.logprobs:
+            unsupported = ["logprobs"]  # the legacy integer form: only chat completions carry logprobs here
         if unsupported:
             raise errors.InvalidRequest(f"This engine does not support the parameter '{unsupported[0]}'.",
                                         param=unsupported[0], code="unsupported_parameter")
@@ -236,13 +239,25 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
         started = time.perf_counter()
         rid = ("chatcmpl-" if chat else "cmpl-") + gen.request_id
         created_at = int(time.time())
+        wants_logprobs = chat and bool(body.logprobs)
         if body.stream:
-            return _SSEResponse(_stream_chunks(stream, gen, chat, rid, created_at, started, body.include_usage,
-                                               body.continuous_usage))
+            # The first delta before the response starts: an engine's refusal (a schema it cannot enforce)
+            # is then a 400, as vLLM answers it, not an error event inside a 200 stream.
+            deltas = aiter(stream)
+            try:
+                first = await anext(deltas, None)
+            except EngineRejected as exc:
+                return errors.error_response(errors.InvalidRequest(str(exc), param=exc.param))
+            except EngineError as exc:
+                return errors.error_response(errors.EngineUnavailable(f"the engine failed: {exc}"))
+            return _SSEResponse(_stream_chunks(stream, deltas, first, gen, chat, rid, created_at, started,
+                                               body.include_usage, body.continuous_usage, wants_logprobs))
         parts = []
         try:
             async for delta in stream:
                 parts.append(delta.text)
+        except EngineRejected as exc:
+            return errors.error_response(errors.InvalidRequest(str(exc), param=exc.param))
         except EngineError as exc:
             return errors.error_response(errors.EngineUnavailable(f"the engine failed: {exc}"))
         result = stream.result
@@ -253,21 +268,31 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
             return _json(ChatCompletionResponse(
                 id=rid, created=created_at, model=gen.model, usage=usage, tollgate=engine_report(result),
                 choices=[ChatCompletionChoice(message=AssistantMessage(content=text),
+                                              logprobs=ChoiceLogprobs.of(result.logprobs) if wants_logprobs else None,
                                               finish_reason=result.finish_reason)]))
         return _json(CompletionResponse(
             id=rid, created=created_at, model=gen.model, usage=usage, tollgate=engine_report(result),
             choices=[CompletionChoice(text=text, finish_reason=result.finish_reason)]))
 
-    async def _stream_chunks(stream, gen, chat, rid, created_at, started, include_usage, continuous):
+    async def _stream_chunks(stream, deltas, first, gen, chat, rid, created_at, started, include_usage, continuous,
+                             wants_logprobs):
         prompt_tokens = getattr(stream, "prompt_tokens", 0)
         produced = 0
 
-        def chunk(text: str | None, finish: str | None, *, role: bool = False, usage=None, report=None, final=False):
+        async def all_deltas():
+            if first is not None:
+                yield first
+                async for delta in deltas:
+                    yield delta
+
+        def chunk(text: str | None, finish: str | None, *, role: bool = False, usage=None, report=None, final=False,
+                  logprobs=None):
             if continuous and usage is None and not final:
                 usage = usage_of(None, prompt_tokens, produced)
             if chat:
                 choices = [] if final else [ChatCompletionChunkChoice(
                     delta=DeltaMessage(role="assistant", content="") if role else DeltaMessage(content=text),
+                    logprobs=ChoiceLogprobs.of(logprobs) if wants_logprobs and logprobs is not None else None,
                     finish_reason=finish)]
                 return ChatCompletionChunk(id=rid, created=created_at, model=gen.model, choices=choices,
                                            usage=usage, tollgate=report)
@@ -278,9 +303,9 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
         try:
             if chat:
                 yield chunk(None, None, role=True)
-            async for delta in stream:
+            async for delta in all_deltas():
                 produced += delta.token_count
-                yield chunk(delta.text, None)
+                yield chunk(delta.text, None, logprobs=delta.logprobs)
             result = stream.result
             metrics.observe(gen.model, result, time.perf_counter() - started)
             yield chunk(None if chat else "", result.finish_reason)
@@ -293,6 +318,7 @@ def build_worker_app(engine: Engine, embedder=None, served_name: str | None = No
         finally:
             if stream.result is None:
                 await stream.cancel()  # the client left: stop generating now
+            await deltas.aclose()
 
     async def chat_completions(request: Request):
         return await generate(request, ChatCompletionRequest)

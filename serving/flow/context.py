@@ -22,10 +22,12 @@ from opentelemetry import trace
 from budgets.services import CostEstimate, Reservation
 from budgets.settlement import SettledUsage
 from metering.models import UsageRecord
+from routing.services import RouteDecision
 from tenants.services import TenantContext
 
 from ..engines.base import ChatMessage, GenerationResult, GenerationStream
 from ..protocol import ChatCompletionRequest, EmbeddingRequest, TextCompletionRequest
+from ..validation import Checks
 
 CHAT = "chat.completions"
 COMPLETIONS = "completions"
@@ -61,6 +63,8 @@ class Route:
 
     primary: RouteOption
     alternatives: tuple[RouteOption, ...] = ()
+    # Why the primary was chosen (chat only): recorded on the span and the usage rows.
+    decision: RouteDecision | None = None
 
     def option_for(self, model: str) -> RouteOption:
         for option in (self.primary, *self.alternatives):
@@ -86,6 +90,7 @@ class Attempt:
     replica: str = ""
     queue_wait_s: float = 0.0
     span: trace.Span | None = None
+    discarded: bool = False  # its answer failed validation and a stronger model's replaced it
 
     @property
     def duration_s(self) -> float:
@@ -126,10 +131,16 @@ class RequestContext:
     partial_allowed: bool = False
     deadline: float = float("inf")  # time.monotonic()
     max_attempts: int = field(default_factory=lambda: max(1, settings.TOLLGATE_RETRY_MAX_ATTEMPTS))
-    # Token optimization (serving/stages/optimize_tokens.py): the steps this request allows (None: the
-    # defaults), and what each step that ran saved (recorded on the answering attempt's usage row).
-    token_policy: Any = None
+    # Token optimization (serving/stages/optimize_tokens.py): the steps the caller allows (None: whatever
+    # the policy runs), and what each step that ran saved (recorded on the answering attempt's usage row).
+    token_steps: frozenset[str] | None = None
     token_savings: list = field(default_factory=list)
+    # Validation and escalation (serving/stages/escalate.py): the checks the answer must pass (the route
+    # stage sets them from the policy and the request), how many escalations the policy allows, and the
+    # stronger option the request was escalated to, if any.
+    checks: Checks = field(default_factory=Checks)
+    escalation_limit: int = 0
+    escalated_to: RouteOption | None = None
     # Set when the request is a line of a batch (the batches app): its usage rows carry the batch's id and
     # its tokens are billed at the price book's batch discount.
     batch_id: str = ""
@@ -140,14 +151,24 @@ class RequestContext:
         return [a for a in self.attempts if a.kind in GENERATION_KINDS]
     # Set by a stage that already has the answer (an idempotent replay): the flow runs no further stage.
     replay: Any = None
+    # Set by the cache stage on a hit (a caching.services.CachedAnswer, its attempt already added): the flow
+    # runs no further stage, settles the cache-hit attempt and answers from it.
+    cache_hit: Any = None
     # Blocking callbacks once the request is answered (with the response body as sent and its headers),
     # or once it failed; stages that keep something about the request (idempotency keys) add them.
     on_answered: list[Callable[[str, dict[str, str]], None]] = field(default_factory=list)
     on_failed: list[Callable[[], None]] = field(default_factory=list)
 
     @property
+    def answered_early(self) -> bool:
+        """Whether a stage already has the answer (a replay or a cache hit), so no further stage runs."""
+        return self.replay is not None or self.cache_hit is not None
+
+    @property
     def served(self) -> RouteOption:
-        """The option the request is served on: the route's, or the one the budget downgraded it to."""
+        """The option the request is served on: an escalation's, the route's, or the budget's downgrade."""
+        if self.escalated_to is not None:
+            return self.escalated_to
         if self.reservation is not None and self.reservation.downgraded:
             # The budget's estimate, which may also cap the output (downgrade_max_tokens).
             estimate = self.reservation.estimate

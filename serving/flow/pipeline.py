@@ -8,8 +8,9 @@ lists its backends); the flow always ends with ``settle`` and ``respond``.
 Consecutive blocking stages share one trip to the thread pool, so routing
 and the budget hold cost one hop, as they did before stages existed.
 
-A stage that already has the answer (an idempotent replay) sets
-``ctx.replay`` and no further stage runs. ``ctx.on_answered`` and
+A stage that already has the answer sets ``ctx.replay`` (an idempotent
+replay) or ``ctx.cache_hit`` (a cache hit, whose attempt settles and is
+answered, whole or streamed, like a generated one), and no further stage runs. ``ctx.on_answered`` and
 ``ctx.on_failed`` run once the request is answered or has failed.
 
 Whatever a stage raises, the request is settled before the error leaves
@@ -39,7 +40,7 @@ from metering.tracing import tenant_attributes, tracer
 from .. import errors
 from ..errors import ErrorResponse
 from ..protocol import ChatCompletionChunk, ChatCompletionResponse, CompletionResponse, EmbeddingResponse
-from ..stages import generate, idempotency, respond, settle
+from ..stages import escalate, generate, idempotency, respond, settle
 from .context import CHAT, COMPLETIONS, EMBEDDINGS, RequestContext
 
 
@@ -121,12 +122,12 @@ def stage_groups(paths: list[str] | tuple[str, ...]) -> tuple[_StageGroup, ...]:
 
 
 async def _run_stages(ctx: RequestContext, paths) -> None:
-    """The stages in order, until one has the answer (a replay); on any error the request is settled (hold
-    released, refusal recorded) first."""
+    """The stages in order, until one has the answer (a replay, a cache hit); on any error the request is
+    settled (hold released, refusal recorded) first."""
     try:
         for group in stage_groups(paths):
             await group(ctx)
-            if ctx.replay is not None:
+            if ctx.answered_early:
                 return
     except BaseException:
         await asyncio.shield(settle.run(ctx))
@@ -142,6 +143,13 @@ async def _answered(ctx: RequestContext, response, headers: dict[str, str]) -> N
 async def _failed(ctx: RequestContext) -> None:
     if ctx.on_failed:
         await asyncio.shield(on_thread_pool(_call_each)(ctx.on_failed))
+
+
+def _carry_stage_headers(ctx: RequestContext, exc: BaseException) -> None:
+    """An error answer carries the headers stages added (the rate-limit state), as every answer does;
+    the error's own headers (its Retry-After) win."""
+    if isinstance(exc, errors.OpenAIError) and ctx.response_headers:
+        exc.headers = {**ctx.response_headers, **exc.headers}
 
 
 def _call_each(callbacks, *args) -> None:
@@ -182,6 +190,7 @@ async def serve_chat(ctx: RequestContext) -> ChatOutcome:
     try:
         outcome = await _serve_chat(ctx, own)
     except BaseException as exc:
+        _carry_stage_headers(ctx, exc)
         await _failed(ctx)
         _end_own_span(own, exc)
         raise
@@ -194,18 +203,49 @@ async def serve_chat(ctx: RequestContext) -> ChatOutcome:
 async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
     await _run_stages(ctx, settings.TOLLGATE_CHAT_STAGES)
     if ctx.replay is not None:
-        return ChatOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
+        # This request's stage headers (its rate-limit state) over the kept answer's, which are the first's.
+        return ChatOutcome(headers={**idempotency.replay_headers(ctx.replay), **ctx.response_headers},
                            response=ChatCompletionResponse.model_validate_json(ctx.replay.body))
+    if ctx.cache_hit is not None:
+        return await _answer_from_cache(ctx, own)
     if ctx.request.stream:
         # The first delta before any byte is sent, so a failure before the first token is an HTTP error.
-        deltas = generate.deltas(ctx)
+        # A request that may escalate is answered (and validated) whole first, then streamed.
+        if escalate.may_escalate(ctx):
+            deltas = escalate.replayed(await _settled_if_it_fails(ctx, escalate.answer(ctx)))
+        else:
+            deltas = generate.deltas(ctx)
         first = await _settled_if_it_fails(ctx, anext(deltas, None))
         chunks = _stream(ctx, deltas, first, own)
         return ChatOutcome(headers=respond.stream_headers(ctx), chunks=chunks,
                            close=lambda: _close_stream(ctx, chunks, deltas, own))
-    text = await _settled_if_it_fails(ctx, generate.collect(ctx))
+    text = "".join(delta.text for delta in await _settled_if_it_fails(ctx, escalate.answer(ctx)))
     await settle.run(ctx)
     return ChatOutcome(headers=respond.headers(ctx), response=respond.completion(ctx, text))
+
+
+async def _answer_from_cache(ctx: RequestContext, own) -> ChatOutcome:
+    """Settle the cache-hit attempt (its ledger row), then answer with its text: whole, or replayed as SSE."""
+    await settle.run(ctx)
+    text = ctx.attempts[-1].result.text
+    if not ctx.request.stream:
+        return ChatOutcome(headers=respond.headers(ctx), response=respond.completion(ctx, text))
+    chunks = _replayed_stream(ctx, text, own)
+    return ChatOutcome(headers=respond.headers(ctx), chunks=chunks, close=chunks.aclose)
+
+
+async def _replayed_stream(ctx: RequestContext, text: str, own) -> AsyncIterator[ChatCompletionChunk]:
+    chunks = respond.Chunks(ctx)
+    try:
+        yield chunks.role()
+        for delta in respond.replayed_deltas(ctx.attempts[-1].result):
+            yield chunks.content(delta)
+        yield chunks.finish()
+        final = chunks.usage()
+        if final is not None:
+            yield final
+    finally:
+        _end_own_span(own)
 
 
 async def _abandon(ctx: RequestContext, deltas=None) -> None:
@@ -238,10 +278,10 @@ async def _stream(ctx: RequestContext, deltas, first, own, chunks=None) -> Async
             yield opening
         try:
             if first is not None:
-                if first.text:
+                if first.text or first.logprobs:
                     yield chunks.content(first)
                 async for delta in deltas:
-                    if delta.text:
+                    if delta.text or delta.logprobs:  # a token held back by a stop string still has its logprob
                         yield chunks.content(delta)
         except errors.OpenAIError as exc:
             # Headers are gone already; the error travels as an SSE event, as OpenAI does.
@@ -302,6 +342,10 @@ async def serve_completions(ctx: RequestContext) -> CompletionsOutcome:
     return CompletionsOutcome(headers=headers, response=respond.merged_completions([a.response for a in answers]))
 
 
+async def _all_deltas(ctx: RequestContext) -> list:
+    return [delta async for delta in generate.deltas(ctx)]
+
+
 def _one_prompt(ctx: RequestContext, index: int) -> RequestContext:
     """A context for the ``index``-th prompt alone: same caller and options, nothing decided yet.
 
@@ -319,6 +363,7 @@ async def _serve_one_completion(ctx: RequestContext, index: int = 0) -> Completi
     try:
         outcome = await _serve_completion(ctx, own, index)
     except BaseException as exc:
+        _carry_stage_headers(ctx, exc)
         await _failed(ctx)
         _end_own_span(own, exc)
         raise
@@ -331,7 +376,7 @@ async def _serve_one_completion(ctx: RequestContext, index: int = 0) -> Completi
 async def _serve_completion(ctx: RequestContext, own, index: int) -> CompletionsOutcome:
     await _run_stages(ctx, settings.TOLLGATE_COMPLETIONS_STAGES)
     if ctx.replay is not None:
-        return CompletionsOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
+        return CompletionsOutcome(headers={**idempotency.replay_headers(ctx.replay), **ctx.response_headers},
                                   response=CompletionResponse.model_validate_json(ctx.replay.body))
     if ctx.request.stream:
         deltas = generate.deltas(ctx)
@@ -339,7 +384,8 @@ async def _serve_completion(ctx: RequestContext, own, index: int) -> Completions
         chunks = _stream(ctx, deltas, first, own, respond.CompletionChunks(ctx))
         return CompletionsOutcome(headers=respond.stream_headers(ctx), chunks=chunks,
                                   close=lambda: _close_stream(ctx, chunks, deltas, own))
-    text = await _settled_if_it_fails(ctx, generate.collect(ctx))
+    # Routing policies' answer checks and escalation apply to chat answers only (escalate.py re-asks in chat).
+    text = "".join(delta.text for delta in await _settled_if_it_fails(ctx, _all_deltas(ctx)))
     await settle.run(ctx)
     return CompletionsOutcome(headers=respond.headers(ctx), response=respond.text_completion(ctx, text, index))
 
@@ -353,13 +399,14 @@ async def serve_embeddings(ctx: RequestContext) -> EmbeddingsOutcome:
     own = _own_span(ctx, f"embeddings {ctx.request.model}")
     try:
         await _run_stages(ctx, settings.TOLLGATE_EMBEDDINGS_STAGES)
-        if ctx.replay is not None:
-            outcome = EmbeddingsOutcome(headers={**ctx.response_headers, **idempotency.replay_headers(ctx.replay)},
+        if ctx.replay is not None:  # (an embedding-cache hit is an attempt like any other: settled below)
+            outcome = EmbeddingsOutcome(headers={**idempotency.replay_headers(ctx.replay), **ctx.response_headers},
                                         response=EmbeddingResponse.model_validate_json(ctx.replay.body))
         else:
             await settle.run(ctx)
             outcome = EmbeddingsOutcome(headers=respond.headers(ctx), response=respond.embeddings(ctx))
     except BaseException as exc:
+        _carry_stage_headers(ctx, exc)
         await _failed(ctx)
         _end_own_span(own, exc)
         raise

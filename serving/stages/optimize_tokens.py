@@ -4,9 +4,10 @@ Runs before ``route``, so the route counts and prices the optimized prompt.
 The steps, in order: drop duplicate system prompts, compact tool outputs,
 keep the context paragraphs most relevant to the question, summarize old
 history; then OpenAI's ``verbosity`` (``low`` asks for a concise answer).
-Which steps run: ``TOLLGATE_TOKEN_OPTIMIZATION`` (all by default), and per
-request the ``X-Tollgate-Optimize`` header (``off``, ``on``, or the steps to
-run, comma separated). Tokens before and after each step go on the span; the
+Which steps run: the org's or feature's routing policy (Django admin), or
+``TOLLGATE_TOKEN_OPTIMIZATION`` (all by default) where it has none; a request
+may switch steps off with the ``X-Tollgate-Optimize`` header (``off``, or the
+steps to keep, comma separated). Tokens before and after each step go on the span; the
 total saved goes on the answering attempt's usage row (``tokens_saved``, and
 ``savings_tokens`` at the served model's input price).
 
@@ -18,6 +19,7 @@ conversation reuses it for nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from budgets import services as budgets
+from routing import services as routing
 from core.threads import on_thread_pool
 from metering.models import UsageRecord
 from metering.tracing import tracer
@@ -55,9 +58,25 @@ class TokenPolicy:
 
 
 def default_policy() -> TokenPolicy:
+    """For an org and feature with no routing policy: the settings."""
     return TokenPolicy(steps=parse_steps(settings.TOLLGATE_TOKEN_OPTIMIZATION, param="TOLLGATE_TOKEN_OPTIMIZATION"),
                        context_budget=settings.TOLLGATE_CONTEXT_BUDGET_TOKENS,
                        history_budget=settings.TOLLGATE_HISTORY_BUDGET_TOKENS,
+                       tool_field_chars=settings.TOLLGATE_TOOL_OUTPUT_FIELD_CHARS,
+                       summary_tokens=settings.TOLLGATE_SUMMARY_MAX_TOKENS)
+
+
+def token_policy(org_id: int, feature_id: int | None) -> TokenPolicy:
+    """The steps and budgets an org's (or feature's) routing policy sets, set in Django admin; the settings
+    where it has none. An empty budget in a policy switches its step off."""
+    policy = routing.policy_for(org_id, feature_id)
+    if policy.policy_id is None:
+        return default_policy()
+    steps = {name for name, on in (("dedupe", policy.dedupe_system_prompts), ("tools", policy.compact_tool_output),
+                                   ("context", policy.context_token_budget), ("history", policy.history_token_budget))
+             if on}
+    return TokenPolicy(steps=frozenset(steps), context_budget=policy.context_token_budget or 0,
+                       history_budget=policy.history_token_budget or 0,
                        tool_field_chars=settings.TOLLGATE_TOOL_OUTPUT_FIELD_CHARS,
                        summary_tokens=settings.TOLLGATE_SUMMARY_MAX_TOKENS)
 
@@ -93,7 +112,9 @@ async def embed_texts(texts: list[str]) -> np.ndarray:
 async def run(ctx: RequestContext) -> None:
     if ctx.endpoint != CHAT:
         return
-    policy = ctx.token_policy or default_policy()
+    policy = await on_thread_pool(token_policy)(ctx.tenant.org_id, ctx.tenant.feature_id)
+    if ctx.token_steps is not None:  # the caller's X-Tollgate-Optimize may switch steps off, never on
+        policy = dataclasses.replace(policy, steps=policy.steps & ctx.token_steps)
     plan = await on_thread_pool(_lossless_steps)(ctx.request.to_chat_messages(), policy)
     if "context" in policy.steps and plan.tokens > policy.context_budget:
         chunks = optimization.context_chunks(plan.messages)

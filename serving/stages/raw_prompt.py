@@ -17,7 +17,7 @@ import dataclasses
 
 from .. import errors
 from ..engines.base import GenerationRequest
-from ..flow.context import RequestContext, Route, RouteOption
+from ..flow.context import RequestContext, RouteOption
 from ..pools import DeploymentRuntime
 
 
@@ -43,5 +43,5 @@ def run(ctx: RequestContext) -> None:
     if ctx.request.logprobs is not None:
         raise errors.UnsupportedParameter("logprobs", ctx.request.model)
     prompt, route = ctx.request.prompt_text, ctx.route
-    ctx.route = Route(primary=_with_prompt(route.primary, prompt),
-                      alternatives=tuple(_with_prompt(option, prompt) for option in route.alternatives))
+    ctx.route = dataclasses.replace(route, primary=_with_prompt(route.primary, prompt),
+                                    alternatives=tuple(_with_prompt(option, prompt) for option in route.alternatives))

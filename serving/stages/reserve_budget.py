@@ -11,6 +11,7 @@ from __future__ import annotations
 from django.utils import timezone
 
 from budgets import services as budgets
+from routing.services import route_header
 
 from .. import errors
 from ..flow.context import RequestContext
@@ -29,6 +30,9 @@ def run(ctx: RequestContext) -> None:
         ctx.refusal_code = refusal.code
         seconds = max(0, int((exc.status.period_end - timezone.now()).total_seconds()))
         raise refusal(str(exc), headers={"Retry-After": str(seconds)})
+    if ctx.reservation.downgraded and route.decision is not None:
+        # The budget capped the router's tier: the one decision the answer reports.
+        ctx.response_headers["X-Tollgate-Route"] = route_header(ctx.reservation.estimate.entry.tier, "budget_cap")
     if ctx.reservation.downgraded and ctx.span is not None:
         ctx.span.set_attribute("tollgate.downgraded", True)
         ctx.span.set_attribute("tollgate.route.downgraded_to", ctx.reservation.estimate.entry.name)

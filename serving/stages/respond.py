@@ -10,6 +10,8 @@ so they carry the model and the downgrade only.
 
 from __future__ import annotations
 
+import re
+
 from core.money import format_decimal
 
 from ..engines.base import GenerationResult, TextDelta
@@ -20,6 +22,7 @@ from ..protocol import (
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChatCompletionResponse,
+    ChoiceLogprobs,
     CompletionChoice,
     CompletionResponse,
     CompletionUsage,
@@ -60,9 +63,11 @@ def usage(result: GenerationResult) -> CompletionUsage:
 
 def completion(ctx: RequestContext, text: str) -> ChatCompletionResponse:
     result = ctx.attempts[-1].result
+    logprobs = ChoiceLogprobs.of(result.logprobs) if ctx.request.logprobs else None
     return ChatCompletionResponse(
         id=response_id(ctx), created=created(ctx), model=ctx.served.model, usage=usage(result),
-        choices=[ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=result.finish_reason)],
+        choices=[ChatCompletionChoice(message=AssistantMessage(content=text), logprobs=logprobs,
+                                      finish_reason=result.finish_reason)],
     )
 
 
@@ -75,6 +80,7 @@ class Chunks:
         self.created = created(ctx)
         self.model = ctx.served.model
         self.continuous = ctx.request.continuous_usage
+        self.logprobs = bool(ctx.request.logprobs)
         self.prompt_tokens = ctx.served.estimate.prompt_tokens  # counted by the route stage on this model
         self.produced = 0
 
@@ -88,7 +94,9 @@ class Chunks:
     def content(self, delta: TextDelta) -> ChatCompletionChunk:
         self.produced += delta.token_count
         running = CompletionUsage.of(self.prompt_tokens, self.produced) if self.continuous else None
-        return self._chunk([ChatCompletionChunkChoice(delta=DeltaMessage(content=delta.text))], running)
+        logprobs = ChoiceLogprobs.of(delta.logprobs) if self.logprobs else None
+        return self._chunk([ChatCompletionChunkChoice(delta=DeltaMessage(content=delta.text), logprobs=logprobs)],
+                           running)
 
     def finish(self) -> ChatCompletionChunk:
         result = self.ctx.attempts[-1].result
@@ -98,6 +106,20 @@ class Chunks:
         if not self.ctx.request.include_usage:
             return None
         return self._chunk([], usage(self.ctx.attempts[-1].result))
+
+
+def replayed_deltas(result: GenerationResult, words_per_delta: int = 4) -> list[TextDelta]:
+    """A cached answer's text as stream deltas (a few words each, their token share spread evenly), so a
+    streamed hit reads like a generation and its running usage adds up to the cached completion tokens."""
+    pieces = [piece for piece in _word_runs(result.text, words_per_delta) if piece] or [result.text]
+    tokens, n = result.completion_tokens, len(pieces)
+    return [TextDelta(text=piece, token_count=tokens // n + (1 if i < tokens % n else 0))
+            for i, piece in enumerate(pieces)]
+
+
+def _word_runs(text: str, size: int) -> list[str]:
+    runs = re.findall(r"\S+\s*|\s+", text)
+    return ["".join(runs[i:i + size]) for i in range(0, len(runs), size)]
 
 
 def embeddings(ctx: RequestContext) -> EmbeddingResponse:

@@ -84,18 +84,39 @@ def timing_attributes(draft: UsageDraft) -> dict:
 
 def _base_draft(ctx: RequestContext) -> UsageDraft:
     tenant = ctx.tenant
-    return UsageDraft(
+    draft = UsageDraft(
         request_id=ctx.request_id, org_id=tenant.org_id, created_at=ctx.received_at,
         model_requested=ctx.request.model, feature=tenant.feature_slug, api_key_id=tenant.api_key_id,
         user_id=tenant.user_id, trace_id=ctx.trace_id, endpoint=ctx.endpoint,
         streamed=bool(getattr(ctx.request, "stream", False)), batch_id=ctx.batch_id,
     )
+    decision = ctx.route.decision if ctx.route is not None else None
+    if decision is not None:
+        # One decision: the router's, capped by a downgrade budget when the budget chose a cheaper option.
+        downgraded = bool(ctx.reservation and ctx.reservation.downgraded)
+        draft.route_tier = ctx.served.estimate.entry.tier if downgraded else decision.tier
+        draft.route_model, draft.route_score = decision.model, decision.score
+        draft.route_reason = "budget_cap" if downgraded else decision.reason
+    return draft
 
 
 def _refusal_draft(ctx: RequestContext) -> UsageDraft:
     draft = _base_draft(ctx)
     draft.status, draft.error_code = UsageRecord.Status.REFUSED, ctx.refusal_code
     draft.price_id = ctx.route.primary.estimate.entry.price_id if ctx.route else None
+    return draft
+
+
+def _cache_hit_draft(draft: UsageDraft, attempt: Attempt) -> UsageDraft:
+    """A cache hit: no engine, no GPU time, no tokens billed; the org's price per hit (0 by default) as its
+    cost, and what the served model would have charged for the answer's tokens as ``savings_cache``."""
+    entry, result = attempt.option.estimate.entry, attempt.result
+    draft.cache_hit = True
+    would_have_cost = pricing.cost_of_tokens(entry, input_tokens=result.prompt_tokens,
+                                             output_tokens=getattr(result, "completion_tokens", 0))
+    draft.savings_cache = would_have_cost.input + would_have_cost.output
+    draft.cost_input = result.extra.get("cache_hit_price") or Decimal(0)
+    draft.cache_layer = result.extra.get("cache_layer", "")
     return draft
 
 
@@ -107,9 +128,12 @@ def _attempt_draft(ctx: RequestContext, attempt: Attempt) -> UsageDraft:
     draft.model_served, draft.price_id = entry.name, entry.price_id
     draft.attempt_kind, draft.status, draft.error_code = attempt.kind, attempt.status, attempt.error_code
     draft.retry_attempt = attempt.retry
+    draft.discarded = attempt.discarded
     draft.duration_ms = attempt.duration_s * 1000.0
     draft.downgraded = bool(ctx.reservation and ctx.reservation.downgraded)
     result = attempt.result
+    if attempt.kind == UsageRecord.AttemptKind.CACHE_HIT:
+        return _cache_hit_draft(draft, attempt)
     if ctx.endpoint == EMBEDDINGS:
         draft.pool, draft.replica = attempt.pool, attempt.replica
         draft.queue_wait_ms = attempt.queue_wait_s * 1000.0

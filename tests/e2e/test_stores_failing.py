@@ -170,11 +170,14 @@ def test_redis_down_serves_plain_requests_refuses_idempotent_ones_and_recovers(s
     stack.redis.down()
     try:
         plain = stack.chat()
+        cacheable = httpx.post(f"{stack.url}/v1/chat/completions", json={**BODY, "temperature": 0}, timeout=30,
+                               headers={"Authorization": f"Bearer {stack.key}"})
         keyed = stack.chat(**{"Idempotency-Key": f"k-{uuid.uuid4()}"})
     finally:
         stack.redis.up()
 
-    assert plain.status_code == 200  # nothing on the plain path needs Redis
+    assert plain.status_code == 200  # rate limits fail open
+    assert cacheable.status_code == 200 and cacheable.headers["x-tollgate-cache"] == "bypass"  # so does the cache
     assert keyed.status_code == 503 and keyed.json()["error"]["code"] == "store_unavailable"
     key = f"k-{uuid.uuid4()}"
     first = _until(lambda: (r := stack.chat(**{"Idempotency-Key": key})).status_code == 200 and r)

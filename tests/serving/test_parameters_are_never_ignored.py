@@ -1,7 +1,8 @@
 """Every OpenAI parameter is honoured, passed on to an engine that honours it, or refused with a 400 naming it.
 
-The CPU engine honours the core sampling parameters only; a vLLM worker
-takes penalties, logit_bias and response_format, and the remote adapter
+The CPU engine honours the core sampling parameters, logprobs and
+response_format (tests/engines/test_logprobs_and_structured_output.py); a
+vLLM worker also takes penalties and logit_bias, and the remote adapter
 passes them on. vLLM cannot run here (no GPU), so a stand-in that speaks its
 HTTP API records what the gateway sent it; Tollgate's own CPU worker (a real
 ``serve_engine`` process) refuses what it cannot honour, naming it, and the
@@ -37,10 +38,7 @@ MESSAGES = [{"role": "user", "content": "Describe a budget in one line."}]
     ("presence_penalty", 0.5),
     ("frequency_penalty", -0.5),
     ("logit_bias", {"42": 10}),
-    ("logprobs", True),
-    ("top_logprobs", 2),
     ("n", 2),
-    ("response_format", {"type": "json_object"}),
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
     ("tool_choice", "auto"),
     ("reasoning_effort", "low"),

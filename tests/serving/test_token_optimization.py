@@ -154,3 +154,20 @@ def test_verbosity_low_asks_for_a_concise_answer_and_unknown_values_are_refused(
     with pytest.raises(openai.BadRequestError) as refused:
         ask(openai_client, messages, verbosity="terse")
     assert refused.value.body["param"] == "verbosity"
+
+
+def test_a_feature_policy_switches_steps_off_and_caps_max_tokens_and_says_so(openai_client, tenant):
+    from routing.models import RoutingPolicy
+
+    RoutingPolicy.objects.create(organization=tenant.org, feature=tenant.features["chat"],
+                                 dedupe_system_prompts=False, max_tokens_cap=3)
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "hello"}]
+
+    raw = openai_client.chat.completions.with_raw_response.create(model=MODEL, max_tokens=50, temperature=0,
+                                                                  messages=messages)
+
+    answer = raw.parse()
+    assert row(raw.headers["x-request-id"]).tokens_saved == 0  # the policy keeps duplicate system prompts
+    assert answer.usage.completion_tokens <= 3
+    assert raw.headers["x-tollgate-max-tokens-capped"] == "50->3"

@@ -17,7 +17,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from budgets.models import Budget
-from metering.models import CatalogModel, Price, UsageRecord
+from metering.costs import charge_for_attempt
+from metering.models import CatalogModel, ChargebackMode, Price, UsageRecord
 from metering.pricing import catalog_entry, cost_of_tokens
 from tenants.models import ApiKey, Feature, Membership, Organization
 from tenants.services import issue_api_key
@@ -146,12 +147,17 @@ class Command(BaseCommand):
             prompt = rng.randint(20, 1500)
             completion = rng.randint(5, 400)
             cost = cost_of_tokens(entry, input_tokens=prompt, output_tokens=completion)
+            # Split the cost as settlement does (all base: answered, kept), so the dashboards'
+            # components add up to the bill: a row with cost_total alone has no base cost.
+            charge = charge_for_attempt(mode=ChargebackMode.TOKENS, status=UsageRecord.Status.OK, discarded=False,
+                                        cost_input=cost.input, cost_output=cost.output, cost_gpu=Decimal(0))
             rows.append(UsageRecord(
                 request_id=f"demo-{i:05d}", created_at=created, organization=org, feature=rng.choice(features),
                 api_key=key, model_requested=model, model_served=model, pool="in-process",
                 input_tokens=prompt, output_tokens=completion, duration_ms=rng.uniform(40, 2500),
                 ttft_ms=rng.uniform(5, 120), engine_seconds=rng.uniform(0.02, 1.5),
-                cost_input=cost.input, cost_output=cost.output, cost_total=cost.total, price_id=entry.price_id,
+                cost_input=cost.input, cost_output=cost.output, cost_total=charge.billed, cost_base=charge.base,
+                cost_escalation=charge.escalation, chargeback_mode=ChargebackMode.TOKENS, price_id=entry.price_id,
             ))
         UsageRecord.objects.bulk_create(rows, batch_size=500)
         return len(rows)

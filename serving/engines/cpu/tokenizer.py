@@ -120,6 +120,22 @@ class ChatTokenizer:
             self.warm()
         return IncrementalDecoder(*self._pieces)
 
+    def continuation_texts(self) -> list[str]:
+        """Text of every id as it reads after another token (the "rest" table; "" for special ids).
+
+        A grammar library needs one fixed string per token; WordPiece gives two (first or not). Constrained
+        decoding uses this one throughout and drops the answer's leading whitespace
+        (:meth:`continuation_decoder`), which JSON ignores anyway.
+        """
+        if "_pieces" not in self.__dict__:
+            self.warm()
+        return self._pieces[1]
+
+    def continuation_decoder(self) -> "IncrementalDecoder":
+        """A decoder whose text is the concatenation of :meth:`continuation_texts`, leading whitespace dropped."""
+        rest = self.continuation_texts()
+        return IncrementalDecoder(rest, rest, lstrip=True)
+
 
 class IncrementalDecoder:
     """Turns a growing list of token ids into text deltas.
@@ -127,17 +143,23 @@ class IncrementalDecoder:
     ``push(id)`` returns what ``decode(ids + [id])`` adds to ``decode(ids)``.
     """
 
-    __slots__ = ("_first", "_rest", "_started")
+    __slots__ = ("_first", "_rest", "_started", "_lstrip")
 
-    def __init__(self, first: list[str], rest: list[str]):
+    def __init__(self, first: list[str], rest: list[str], lstrip: bool = False):
         self._first = first
         self._rest = rest
         self._started = False
+        self._lstrip = lstrip  # drop whitespace before the first visible character
 
-    def push(self, token_id: int) -> str:
+    def peek(self, token_id: int) -> str:
+        """What ``push(token_id)`` would return, without pushing it."""
         if self._started:
             return self._rest[token_id]
         piece = self._first[token_id]
+        return piece.lstrip() if self._lstrip else piece
+
+    def push(self, token_id: int) -> str:
+        piece = self.peek(token_id)
         if piece:
             self._started = True
         return piece
