@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -346,11 +347,14 @@ def _run_line_in_worker(batch_id: str, line_pk: int, tenant: TenantContext) -> N
         elif stopping is None:
             run_line(batch_id, line_pk, tenant)
         elif stopping == Batch.Status.EXPIRED:
-            _record(batch_id, line_pk, BatchLine.Status.FAILED, None,
-                    {"error": {"code": EXPIRED_LINE, "message": "This line was not run before the batch's "
-                               "completion window ended."}})
+            _record_expired(batch_id, line_pk)
     finally:
         connection.close()
+
+
+def _record_expired(batch_id: str, line_pk: int) -> None:
+    _record(batch_id, line_pk, BatchLine.Status.FAILED, None, {"error": {
+        "code": EXPIRED_LINE, "message": "This line was not run before the batch's completion window ended."}})
 
 
 def _key_is_active(api_key_id: int) -> bool:
@@ -381,12 +385,40 @@ def run_line(batch_id: str, line_pk: int, tenant: TenantContext) -> None:
     endpoint = ENDPOINTS[line.batch.endpoint]
     try:
         request = parse_request(endpoint.wire_type, json.dumps(line.body).encode())
-        ctx = RequestContext(tenant=tenant, request=request, request_id=line.request_id, batch_id=batch_id)
-        response = endpoint.serve(ctx)
+        response = _serve_when_there_is_room(batch_id, endpoint, request, line.request_id, tenant)
     except errors.OpenAIError as exc:
         _record(batch_id, line_pk, BatchLine.Status.FAILED, exc.status, exc.body())
         return
-    _record(batch_id, line_pk, BatchLine.Status.COMPLETED, 200, response.model_dump(mode="json"))
+    if response is not None:
+        _record(batch_id, line_pk, BatchLine.Status.COMPLETED, 200, response.model_dump(mode="json"))
+    elif _stop_reason(batch_id) == Batch.Status.EXPIRED:
+        _record_expired(batch_id, line_pk)
+
+
+# Refusals that say "not now" (a rate limit, a full pool queue, no replica free): a batch line can wait.
+WAIT_AND_RETRY = (errors.RateLimitExceeded, errors.QueueFull, errors.EngineUnavailable)
+
+
+def _serve_when_there_is_room(batch_id: str, endpoint: LineEndpoint, request, request_id: str,
+                              tenant: TenantContext):
+    """The line's answer; a refusal that says "not now" is waited out (its Retry-After, within limits) and
+    tried again, up to TOLLGATE_BATCH_LINE_MAX_TRIES, while the batch still runs. None if it stopped meanwhile.
+
+    Each try is the same request (same id): what a failed try ran is recorded and not billed, so trying
+    again bills the line once.
+    """
+    for tries in range(1, settings.TOLLGATE_BATCH_LINE_MAX_TRIES + 1):
+        ctx = RequestContext(tenant=tenant, request=request, request_id=request_id, batch_id=batch_id)
+        try:
+            return endpoint.serve(ctx)
+        except WAIT_AND_RETRY as exc:
+            if tries == settings.TOLLGATE_BATCH_LINE_MAX_TRIES or _billed_already(request_id):
+                raise
+            wait = exc.headers.get("Retry-After", "1")
+            time.sleep(min(float(wait) if wait.isdigit() else 1.0, settings.TOLLGATE_BATCH_LINE_MAX_WAIT_S))
+            if _stop_reason(batch_id) is not None:
+                return None  # cancelled or expired while waiting: the line stays pending
+    return None
 
 
 def _billed_already(request_id: str) -> bool:

@@ -366,6 +366,10 @@ TOLLGATE_BATCH_FILE_MAX_BYTES = env_int("TOLLGATE_BATCH_FILE_MAX_BYTES", 50 * 10
 TOLLGATE_BATCH_MAX_LINES = env_int("TOLLGATE_BATCH_MAX_LINES", 50_000)
 TOLLGATE_BATCH_CONCURRENCY = env_int("TOLLGATE_BATCH_CONCURRENCY", 4)
 TOLLGATE_BATCH_TASK_PRIORITY = env_int("TOLLGATE_BATCH_TASK_PRIORITY", 9)
+# A batch line refused for now (rate limit, full pool queue, no replica) waits its Retry-After (at most this many
+# seconds) and tries again, this many tries in all, before it goes to the error file.
+TOLLGATE_BATCH_LINE_MAX_TRIES = env_int("TOLLGATE_BATCH_LINE_MAX_TRIES", 20)
+TOLLGATE_BATCH_LINE_MAX_WAIT_S = env_int("TOLLGATE_BATCH_LINE_MAX_WAIT_S", 30)
 # Routes other apps add to the /v1 gateway (dotted paths to lists of Starlette routes), before its catch-all:
 # apps above serving (the Batch API) plug in here, so serving never imports them.
 TOLLGATE_GATEWAY_EXTRA_ROUTES = ["batches.api.routes"]
