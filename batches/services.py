@@ -451,9 +451,9 @@ def finalize_batch(batch_id: str) -> Batch:
         batch.status, batch.finalizing_at = Batch.Status.FINALIZING, now
         batch.output_file = _results_file(batch, BatchLine.Status.COMPLETED, "output")
         batch.error_file = _results_file(batch, BatchLine.Status.FAILED, "errors")
-        counts = {s: batch.lines.filter(status=s).count() for s in (BatchLine.Status.COMPLETED,
-                                                                       BatchLine.Status.FAILED)}
-        batch.request_completed, batch.request_failed = counts[BatchLine.Status.COMPLETED], counts[BatchLine.Status.FAILED]
+        # Counted afresh from the lines, so the final counts hold whatever happened to the running ones.
+        batch.request_completed = batch.lines.filter(status=BatchLine.Status.COMPLETED).count()
+        batch.request_failed = batch.lines.filter(status=BatchLine.Status.FAILED).count()
         batch.status = final
         setattr(batch, {Batch.Status.COMPLETED: "completed_at", Batch.Status.CANCELLED: "cancelled_at",
                         Batch.Status.EXPIRED: "expired_at"}[final], timezone.now())
