@@ -41,7 +41,7 @@ class RoutingPolicy(models.Model):
         default=0.5, help_text="Below this probability for its best tier the classifier is not trusted and "
                                "`auto` uses the default tier (0 = always trust it).")
 
-    # --- escalation (read by the validate-and-escalate stage, when it lands) ----------------------
+    # --- escalation (read by serving/stages/escalate.py and serving/validation.py) -----------------
     escalation_limit = models.PositiveSmallIntegerField(
         default=1, help_text="Extra attempts allowed on a stronger tier when a validator fails (0 = never).")
     validate_json = models.BooleanField(
@@ -57,7 +57,7 @@ class RoutingPolicy(models.Model):
     check_unsafe_content = models.BooleanField(
         default=True, help_text="Escalate when the unsafe-content check flags the answer.")
 
-    # --- token optimization (read by the token-optimization stage, when it lands) ------------------
+    # --- token optimization (read by serving/stages/optimize_tokens.py) ---------------------------
     dedupe_system_prompts = models.BooleanField(default=True, help_text="Drop repeated identical system prompts.")
     history_token_budget = models.PositiveIntegerField(
         null=True, blank=True, help_text="Trim conversation history to this many tokens (older turns become a "

@@ -45,7 +45,7 @@ class Policy:
     default_tier: int = 2
     min_tier: int = 1
     classifier_min_confidence: float = 0.5
-    # Read by escalation and token optimization when they land (routing/models.py says what each does).
+    # Read by escalation and token optimization (routing/models.py says what each does).
     escalation_limit: int = 1
     validate_json: bool = True
     logprob_mean_threshold: float | None = None
