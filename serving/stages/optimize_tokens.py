@@ -66,10 +66,10 @@ def default_policy() -> TokenPolicy:
                        summary_tokens=settings.TOLLGATE_SUMMARY_MAX_TOKENS)
 
 
-def token_policy(org_id: int, feature_id: int | None) -> TokenPolicy:
+def token_policy(org_id: int, feature_id: int | None, policy: routing.Policy | None = None) -> TokenPolicy:
     """The steps and budgets an org's (or feature's) routing policy sets, set in Django admin; the settings
     where it has none. An empty budget in a policy switches its step off."""
-    policy = routing.policy_for(org_id, feature_id)
+    policy = policy or routing.policy_for(org_id, feature_id)
     if policy.policy_id is None:
         return default_policy()
     steps = {name for name, on in (("dedupe", policy.dedupe_system_prompts), ("tools", policy.compact_tool_output),
@@ -109,13 +109,35 @@ async def embed_texts(texts: list[str]) -> np.ndarray:
     return np.asarray((await get_embedder().embed(texts)).vectors, dtype=np.float32)
 
 
+def may_save(messages: tuple[ChatMessage, ...], policy: TokenPolicy) -> bool:
+    """Whether any step could shrink these messages, judged without the tokenizer (most requests cannot:
+    they then cost no thread hop and no token count). A prompt's token count is at most its characters plus
+    a few per message (every token holds at least one character), so a short prompt fits every budget."""
+    steps = policy.steps
+    system = [" ".join(m.content.split()) for m in messages if m.role in optimization.SYSTEM_ROLES]
+    if "dedupe" in steps and len(set(system)) < len(system):
+        return True
+    if "tools" in steps and any(m.role == "tool" and m.content.lstrip()[:1] in ("{", "[") for m in messages):
+        return True
+    most_tokens = sum(len(m.content) + len(m.role) + 4 for m in messages) + 8
+    return (("context" in steps and most_tokens > policy.context_budget)
+            or ("history" in steps and most_tokens > policy.history_budget))
+
+
 async def run(ctx: RequestContext) -> None:
     if ctx.endpoint != CHAT:
         return
-    policy = await on_thread_pool(token_policy)(ctx.tenant.org_id, ctx.tenant.feature_id)
+    tenant = ctx.tenant
+    memoized = routing.memoized_policy(tenant.org_id, tenant.feature_id)
+    policy = (token_policy(tenant.org_id, tenant.feature_id, memoized) if memoized is not None
+              else await on_thread_pool(token_policy)(tenant.org_id, tenant.feature_id))
     if ctx.token_steps is not None:  # the caller's X-Tollgate-Optimize may switch steps off, never on
         policy = dataclasses.replace(policy, steps=policy.steps & ctx.token_steps)
-    plan = await on_thread_pool(_lossless_steps)(ctx.request.to_chat_messages(), policy)
+    messages = ctx.request.to_chat_messages()
+    if not may_save(messages, policy):
+        ctx.messages = optimization.with_verbosity(messages, ctx.request.verbosity)
+        return
+    plan = await on_thread_pool(_lossless_steps)(messages, policy)
     if "context" in policy.steps and plan.tokens > policy.context_budget:
         chunks = optimization.context_chunks(plan.messages)
         if len(chunks) >= 2:

@@ -171,3 +171,18 @@ def test_a_feature_policy_switches_steps_off_and_caps_max_tokens_and_says_so(ope
     assert row(raw.headers["x-request-id"]).tokens_saved == 0  # the policy keeps duplicate system prompts
     assert answer.usage.completion_tokens <= 3
     assert raw.headers["x-tollgate-max-tokens-capped"] == "50->3"
+
+
+def test_a_request_no_step_can_shrink_is_passed_over_without_counting_its_tokens():
+    from serving.stages.optimize_tokens import TokenPolicy, may_save
+
+    policy = TokenPolicy(steps=frozenset({"dedupe", "tools", "context", "history"}), context_budget=200,
+                         history_budget=300, tool_field_chars=100, summary_tokens=20)
+    short = (ChatMessage("system", SYSTEM), ChatMessage("user", "What is my balance?"))
+    assert not may_save(short, policy)
+    assert may_save((*short, ChatMessage("system", SYSTEM)), policy)
+    assert may_save((*short, ChatMessage("tool", '{"a": null}')), policy)
+    long = (ChatMessage("user", "word " * 60),)
+    assert may_save(long, policy) and count_tokens(long) > 0
+    # The bound is safe: whatever it passes over really fits the budgets.
+    assert count_tokens(short) <= policy.context_budget
