@@ -1,0 +1,141 @@
+"""Fuzzing /v1 from its own OpenAPI description (schemathesis): no input gets a 5xx, every error is in
+OpenAI's shape, and every answer conforms to the published schema, with a valid key and with none.
+
+Bounded and reproducible: a fixed seed, derandomized generation and a cap on examples per operation
+(valid and invalid requests each), so the run is the same every time and costs seconds. Generation is kept cheap (the CPU engine makes real
+tokens): chat requests get at most 2 output tokens, and most get a model the gateway serves, so the
+fuzz reaches the engine and the ledger instead of stopping at "model not found".
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import Counter
+
+import hypothesis
+import hypothesis.errors
+import pytest
+import schemathesis
+from schemathesis.config import SchemathesisConfig
+from schemathesis.generation import GenerationMode
+
+from serving.openapi import openapi_document
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SEED = 20261202
+MAX_EXAMPLES = 30
+SERVED = {"/v1/chat/completions": "tollgate-mini", "/v1/embeddings": "all-minilm-l6-v2"}
+# Schema conformance, status codes and content types against the document; no 5xx ever.
+CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
+          "response_schema_conformance", "negative_data_rejection"]
+
+
+def fuzz_config() -> SchemathesisConfig:
+    # Only these checks: the others (positive_data_acceptance, say) assume every valid body succeeds, and
+    # here a valid body for a model that is not served is rightly a 404.
+    checks = {"enabled": False, **{name: {"enabled": True} for name in CHECKS}}
+    return SchemathesisConfig.from_dict({
+        "seed": SEED,
+        "checks": checks,
+        "request-timeout": 60,
+    })
+
+
+# One schema for every test: the key and the server's address are given per call.
+SCHEMA = schemathesis.openapi.from_dict(openapi_document(), config=fuzz_config())
+OPERATIONS = [(operation.method.upper(), operation.path)
+              for operation in (result.ok() for result in SCHEMA.get_all_operations())]
+
+
+def fuzz(operation_key: tuple[str, str], call, *, max_examples: int) -> Counter:
+    """Run ``call(case)`` (which returns the response) on up to ``max_examples`` valid and as many invalid
+    requests for one operation; return how many answers had each (mode, status).
+
+    Hypothesis drives schemathesis's strategies directly (its pytest plugin does not run on this pytest),
+    seeded and derandomized: the same cases every run."""
+    method, path = operation_key
+    operation = SCHEMA[path][method]
+    statuses = Counter()
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        @hypothesis.settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
+                             suppress_health_check=list(hypothesis.HealthCheck),
+                             phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+        @hypothesis.seed(SEED)
+        def run(case):
+            statuses[mode.value, call(case).status_code] += 1
+
+        try:
+            run()
+        except hypothesis.errors.Unsatisfiable:
+            # An operation that takes no input at all (GET /v1/openapi.json) has no invalid request.
+            assert mode is GenerationMode.NEGATIVE and not statuses[GenerationMode.NEGATIVE.value, 200]
+    return statuses
+
+
+def keep_generation_cheap(case) -> None:
+    """At most 2 output tokens per chat request, at most 4 inputs per embeddings request; two in three
+    requests name a served model."""
+    body = case.body
+    if not isinstance(body, dict) or case.path not in SERVED:
+        return
+    if isinstance(body.get("input"), list) and len(body["input"]) > 4:
+        body["input"] = body["input"][:4]
+    model = body.get("model")
+    if isinstance(model, str) and zlib.crc32(model.encode("utf-8", "surrogatepass")) % 3:
+        body["model"] = SERVED[case.path]
+    if case.path == "/v1/chat/completions":
+        for name in ("max_tokens", "max_completion_tokens"):
+            if type(body.get(name)) is int and body[name] > 2:
+                body[name] = 2
+        if "max_tokens" not in body and "max_completion_tokens" not in body:
+            body["max_tokens"] = 2
+
+
+def assert_openai_error_shape(response) -> None:
+    if response.status_code < 400:
+        return
+    body = json.loads(response.content)
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["type"], str)
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_no_v1_input_is_a_5xx_and_every_answer_matches_the_published_schema(live_gateway, tenant, operation):
+    def call(case):
+        keep_generation_cheap(case)
+        response = case.call_and_validate(base_url=live_gateway.url,
+                                          headers={"Authorization": f"Bearer {tenant.plaintext}"})
+        assert_openai_error_shape(response)
+        return response
+
+    statuses = fuzz(operation, call, max_examples=MAX_EXAMPLES)
+    if operation[1] in SERVED:
+        # The fuzz got past the edge: some generated requests were served (generated, embedded, billed).
+        assert statuses["positive", 200] > 0, statuses
+
+
+# No key, a key never issued, and another scheme. One test (each test empties the database after it).
+BAD_AUTHORIZATIONS = [None, "Bearer sk-never-issued", "Basic Zm9vOmJhcg=="]
+
+
+def test_without_a_valid_key_every_v1_request_is_an_openai_shaped_401(live_gateway, catalog):
+    for authorization in BAD_AUTHORIZATIONS:
+        def call(case):
+            keep_generation_cheap(case)
+            response = case.call_and_validate(base_url=live_gateway.url,
+                                              headers={"Authorization": authorization} if authorization else None)
+            if case.path == "/v1/openapi.json":
+                assert response.status_code == 200
+                return response
+            assert response.status_code == 401, response.text
+            assert_openai_error_shape(response)
+            assert json.loads(response.content)["error"]["code"] == "invalid_api_key"
+            return response
+
+        for operation in OPERATIONS:
+            fuzz(operation, call, max_examples=5)
