@@ -100,7 +100,7 @@ class UsageQuery(serializers.Serializer):
 
 class GroupedUsageQuery(UsageQuery):
     group_by = serializers.CharField(
-        required=False, default="",
+        required=False, default="", allow_blank=True,
         help_text=f"Comma-separated: {', '.join(queries.DIMENSIONS)}. Empty: one row of totals.",
     )
 
