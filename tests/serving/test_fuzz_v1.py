@@ -1,30 +1,24 @@
 """Fuzzing /v1 from its own OpenAPI description (schemathesis): no input gets a 5xx, every error is in
 OpenAI's shape, and every answer conforms to the published schema, with a valid key and with none.
 
-Bounded and reproducible: a fixed seed, derandomized generation and a cap on examples per operation
-(valid and invalid requests each), so the run is the same every time and costs seconds. Generation is kept cheap (the CPU engine makes real
-tokens): chat requests get at most 2 output tokens, and most get a model the gateway serves, so the
-fuzz reaches the engine and the ledger instead of stopping at "model not found".
+Bounded and reproducible (tests/fuzzing.py): the same requests every run, in seconds. Generation is
+kept cheap (the CPU engine makes real tokens): chat requests get at most 2 output tokens, and most get a
+model the gateway serves, so the fuzz reaches the engine and the ledger, not only "model not found".
 """
 
 from __future__ import annotations
 
 import json
 import zlib
-from collections import Counter
 
-import hypothesis
-import hypothesis.errors
 import pytest
 import schemathesis
-from schemathesis.config import SchemathesisConfig
-from schemathesis.generation import GenerationMode
 
 from serving.openapi import openapi_document
+from tests.fuzzing import fuzz_config, operations, run_fuzz
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SEED = 20261202
 MAX_EXAMPLES = 30
 SERVED = {"/v1/chat/completions": "tollgate-mini", "/v1/embeddings": "all-minilm-l6-v2"}
 # Schema conformance, status codes and content types against the document; no 5xx ever.
@@ -32,47 +26,9 @@ CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conform
           "response_schema_conformance", "negative_data_rejection"]
 
 
-def fuzz_config() -> SchemathesisConfig:
-    # Only these checks: the others (positive_data_acceptance, say) assume every valid body succeeds, and
-    # here a valid body for a model that is not served is rightly a 404.
-    checks = {"enabled": False, **{name: {"enabled": True} for name in CHECKS}}
-    return SchemathesisConfig.from_dict({
-        "seed": SEED,
-        "checks": checks,
-        "request-timeout": 60,
-    })
-
-
 # One schema for every test: the key and the server's address are given per call.
-SCHEMA = schemathesis.openapi.from_dict(openapi_document(), config=fuzz_config())
-OPERATIONS = [(operation.method.upper(), operation.path)
-              for operation in (result.ok() for result in SCHEMA.get_all_operations())]
-
-
-def fuzz(operation_key: tuple[str, str], call, *, max_examples: int) -> Counter:
-    """Run ``call(case)`` (which returns the response) on up to ``max_examples`` valid and as many invalid
-    requests for one operation; return how many answers had each (mode, status).
-
-    Hypothesis drives schemathesis's strategies directly (its pytest plugin does not run on this pytest),
-    seeded and derandomized: the same cases every run."""
-    method, path = operation_key
-    operation = SCHEMA[path][method]
-    statuses = Counter()
-    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-        @hypothesis.settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
-                             suppress_health_check=list(hypothesis.HealthCheck),
-                             phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
-        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-        @hypothesis.seed(SEED)
-        def run(case):
-            statuses[mode.value, call(case).status_code] += 1
-
-        try:
-            run()
-        except hypothesis.errors.Unsatisfiable:
-            # An operation that takes no input at all (GET /v1/openapi.json) has no invalid request.
-            assert mode is GenerationMode.NEGATIVE and not statuses[GenerationMode.NEGATIVE.value, 200]
-    return statuses
+SCHEMA = schemathesis.openapi.from_dict(openapi_document(), config=fuzz_config(CHECKS))
+OPERATIONS = operations(SCHEMA)
 
 
 def keep_generation_cheap(case) -> None:
@@ -113,7 +69,7 @@ def test_no_v1_input_is_a_5xx_and_every_answer_matches_the_published_schema(live
         assert_openai_error_shape(response)
         return response
 
-    statuses = fuzz(operation, call, max_examples=MAX_EXAMPLES)
+    statuses = run_fuzz(SCHEMA, operation, call, max_examples=MAX_EXAMPLES)
     if operation[1] in SERVED:
         # The fuzz got past the edge: some generated requests were served (generated, embedded, billed).
         assert statuses["positive", 200] > 0, statuses
@@ -138,4 +94,4 @@ def test_without_a_valid_key_every_v1_request_is_an_openai_shaped_401(live_gatew
             return response
 
         for operation in OPERATIONS:
-            fuzz(operation, call, max_examples=5)
+            run_fuzz(SCHEMA, operation, call, max_examples=5)
