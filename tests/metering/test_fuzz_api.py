@@ -19,7 +19,7 @@ from tests.fuzzing import fuzz_config, operations, run_fuzz
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MAX_EXAMPLES = 20
+MAX_EXAMPLES = 15
 # Not response conformance for the error answers: drf-spectacular documents only the 200s.
 CHECKS = ["not_a_server_error", "content_type_conformance", "response_schema_conformance"]
 

@@ -19,7 +19,7 @@ from tests.fuzzing import fuzz_config, operations, run_fuzz
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 25
 SERVED = {"/v1/chat/completions": "tollgate-mini", "/v1/embeddings": "all-minilm-l6-v2"}
 # Schema conformance, status codes and content types against the document; no 5xx ever.
 CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
