@@ -41,12 +41,15 @@ _POST_ERRORS = {
     "400": "The body is not a valid request (the error names the parameter), or a parameter is not supported "
            "by the engine serving the model.",
     "401": "No API key, or one that is unknown, revoked or expired.",
+    "403": "The organization's routing policy does not allow this model.",
     "404": "The model does not exist or is not served to this key.",
     "409": "The first request with this Idempotency-Key is still running.",
     "413": "The body is larger than the gateway accepts.",
     "422": "This Idempotency-Key was used before with a different request.",
     "429": "A budget is exhausted, or the pool's queue is full (see Retry-After).",
-    "503": "No engine can serve the model right now; retry later.",
+    "503": "No engine can serve the model right now, or a store the gateway needs is down; retry later "
+           "(see Retry-After).",
+    "504": "The generation ran past its deadline (X-Tollgate-Timeout) and X-Tollgate-Partial was not `allow`.",
 }
 
 
@@ -76,6 +79,15 @@ _HEADERS = [
      "description": "The feature (of the key's organization) to bill; default: the key's default feature."},
     {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255},
      "description": "A repeat with the same key and body replays the first answer, unbilled (not with stream)."},
+    {"name": "X-Quality", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "`high`: refuse (429) rather than serve a budget-downgraded model."},
+    {"name": "X-Tollgate-Timeout", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Seconds the generation may run (above 0, at most the gateway's limit)."},
+    {"name": "X-Tollgate-Partial", "in": "header", "required": False,
+     "schema": {"type": "string", "enum": ["allow", "deny"]},
+     "description": "`allow`: past the deadline, answer with what was generated (finish_reason `length`)."},
+    {"name": "X-Tollgate-Optimize", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "`off`, `on`, or a comma-separated list of token-optimization steps."},
 ]
 
 
