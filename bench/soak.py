@@ -15,6 +15,9 @@ against the last (latency p50/p99 and RSS), so a leak or a slowdown shows as a r
 
     .venv/bin/python bench/soak.py --minutes 10 --rate 4
 
+The server's RSS grows for its first ten minutes or so (caches, allocator arenas, the embedded
+ClickHouse) and then levels off: judge memory on ``--minutes 20`` or more (docs/benchmarks.md).
+
 Uses a database of its own (``--database-url``; dropped and created afresh here) and a Redis db.
 Exits 1 when any expectation fails.
 """

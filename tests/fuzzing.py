@@ -43,8 +43,9 @@ def run_fuzz(schema, operation: tuple[str, str], call: Callable, *, max_examples
     method, path = operation
     api_operation = schema[path][method]
     statuses = Counter()
+    examples = max(1, round(max_examples * FUZZ_SCALE))
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-        @hypothesis.settings(max_examples=max(1, round(max_examples * FUZZ_SCALE)), derandomize=True, database=None, deadline=None,
+        @hypothesis.settings(max_examples=examples, derandomize=True, database=None, deadline=None,
                              suppress_health_check=list(hypothesis.HealthCheck),
                              phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
         @hypothesis.given(case=api_operation.as_strategy(generation_mode=mode))
