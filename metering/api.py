@@ -45,9 +45,12 @@ class CsvRenderer(BaseRenderer):
         rows = data.get("results", data) if isinstance(data, dict) else data
         if isinstance(rows, dict):  # an error body
             rows = [rows]
+        # No rows still gets the header line: an empty body would also lose its Content-Type (DRF drops it).
+        view = (renderer_context or {}).get("view")
+        fieldnames = list(rows[0].keys()) if rows else getattr(view, "csv_header", [])
         buffer = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
+        if fieldnames:
+            writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
         return buffer.getvalue().encode()
@@ -100,7 +103,7 @@ class UsageQuery(serializers.Serializer):
 
 class GroupedUsageQuery(UsageQuery):
     group_by = serializers.CharField(
-        required=False, default="",
+        required=False, default="", allow_blank=True,
         help_text=f"Comma-separated: {', '.join(queries.DIMENSIONS)}. Empty: one row of totals.",
     )
 
@@ -255,9 +258,11 @@ class _UsageView(APIView):
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer, CsvRenderer]
     pagination_class = UsagePagination
 
-    def _respond(self, request, rows: _LazyRows, serializer_class, filename: str = "usage"):
+    def _respond(self, request, rows: _LazyRows, serializer_class, filename: str = "usage",
+                 columns: list[str] | None = None):
         if getattr(request, "accepted_renderer", None) and request.accepted_renderer.format == "csv":
             everything = rows[0:rows.count()] if rows.count() else []
+            self.csv_header = columns or list(serializer_class().fields)  # for CsvRenderer when there are no rows
             response = Response(serializer_class(everything, many=True).data)
             # A download with a name that says what it holds (browsers otherwise save "usage" or "events").
             response["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
@@ -279,7 +284,9 @@ class UsageSummaryView(_UsageView):
         group_by = params["group_by"]
         rows = _LazyRows(lambda: queries.usage_summary_count(f, group_by),
                          lambda limit, offset: queries.usage_summary(f, group_by, limit=limit, offset=offset))
-        return self._respond(request, rows, UsageGroup, csv_filename("usage", params, request))
+        # A group's columns: its group_by dimensions, then the sums.
+        columns = [name for name in UsageGroup().fields if name not in queries.DIMENSIONS or name in group_by]
+        return self._respond(request, rows, UsageGroup, csv_filename("usage", params, request), columns)
 
 
 class UsageEventsView(_UsageView):

@@ -176,6 +176,8 @@ class AnswerValidation(RequestModel):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value):
+        if value is None:  # null is "no regex", as for every optional field
+            return value
         try:
             re.compile(value)
         except re.error as exc:
@@ -185,6 +187,8 @@ class AnswerValidation(RequestModel):
     @field_validator("json_schema")
     @classmethod
     def _is_a_schema(cls, value):
+        if value is None:
+            return value
         try:
             jsonschema.validators.validator_for(value).check_schema(value)
         except jsonschema.SchemaError as exc:

@@ -38,6 +38,7 @@ from tenants import services as tenants
 from . import errors
 from .flow.context import RequestContext, new_request_id
 from .flow.pipeline import serve_chat, serve_completions, serve_embeddings
+from .openapi import openapi_json
 from .pools import served_model_names
 from .stages import optimize_tokens
 from .protocol import (ChatCompletionRequest, EmbeddingRequest, ModelCard, ModelList, TextCompletionRequest,
@@ -295,6 +296,14 @@ async def models(request: Request) -> Response:
         return _error_response(exc, request_id, path=request.url.path)
 
 
+async def openapi_document(request: Request) -> Response:
+    """The OpenAPI description of /v1 (serving/openapi.py): public, the same for everyone, no tenant data."""
+    if request.method not in ("GET", "HEAD"):
+        return _error_response(errors.MethodNotAllowed("Use GET for /v1/openapi.json.", allow="GET, HEAD"),
+                               new_request_id(), path=request.url.path)
+    return Response(openapi_json(), media_type="application/json")
+
+
 async def not_found(request: Request) -> Response:
     return _error_response(
         errors.NotFound(f"Unknown request URL: {request.method} {request.url.path}. Please check the URL."),
@@ -342,6 +351,7 @@ gateway = Starlette(
         Route("/v1/embeddings", embeddings, methods=ALL_METHODS),
         Route("/v1/models", models, methods=ALL_METHODS),
         Route("/v1/models/{model_id:path}", models, methods=ALL_METHODS),
+        Route("/v1/openapi.json", openapi_document, methods=ALL_METHODS),
         *extra_routes(),
         Route("/v1/{path:path}", not_found, methods=ALL_METHODS),
     ],
