@@ -4,7 +4,8 @@ The schemas are generated from the wire types in ``protocol.py`` and ``errors.py
 Schema, which OpenAPI 3.1 takes as it is), so the document cannot drift from what the edge accepts:
 a body the schema allows is one pydantic parses, and a field the gateway does not know is refused by
 both (``additionalProperties: false``). The paths, parameters and responses are written here, after
-OpenAI's published API for the three endpoints the gateway implements.
+OpenAI's published API for the endpoints the gateway implements (the Batch API's files and batches
+are described by OpenAI's own document; they are not fuzzed here).
 
 Some rules the schema cannot state are checked by the flow, and answered with a 400 or 404 in
 OpenAI's error shape: the model must be one this gateway serves; parameters OpenAI defines that the
@@ -24,16 +25,19 @@ from .protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     ModelCard,
     ModelList,
+    TextCompletionRequest,
 )
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"
 
 CHAT_EXAMPLE = {"model": "tollgate-mini", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
+COMPLETIONS_EXAMPLE = {"model": "tollgate-mini", "prompt": "Say hello.", "max_tokens": 8}
 EMBEDDINGS_EXAMPLE = {"model": "all-minilm-l6-v2", "input": "The quick brown fox"}
 
 # Refusals every authenticated POST can get, with what each means here.
@@ -57,6 +61,7 @@ def _schemas() -> dict:
     """Components generated from the wire types: requests as they are validated, responses as they are sent."""
     _, top = models_json_schema(
         [(ChatCompletionRequest, "validation"), (EmbeddingRequest, "validation"),
+         (TextCompletionRequest, "validation"), (CompletionResponse, "serialization"),
          (ChatCompletionResponse, "serialization"), (ChatCompletionChunk, "serialization"),
          (EmbeddingResponse, "serialization"), (ModelList, "serialization"), (ModelCard, "serialization"),
          (ErrorResponse, "serialization")],
@@ -128,6 +133,14 @@ def openapi_document() -> dict:
         "paths": {
             "/v1/chat/completions": _post("createChatCompletion", "Create a chat completion",
                                           ChatCompletionRequest.__name__, CHAT_EXAMPLE, chat_success),
+            "/v1/completions": _post(
+                "createCompletion", "Create a text completion (legacy)", TextCompletionRequest.__name__,
+                COMPLETIONS_EXAMPLE,
+                {"description": "The completion; with `stream: true`, server-sent events of completions ending in "
+                                "`data: [DONE]`.",
+                 "content": {"application/json": {"schema": _ref(CompletionResponse.__name__)},
+                             "text/event-stream": {"schema": {"type": "string"},
+                                                   "x-event-schema": _ref(CompletionResponse.__name__)}}}),
             "/v1/embeddings": _post("createEmbedding", "Create embeddings", EmbeddingRequest.__name__,
                                     EMBEDDINGS_EXAMPLE,
                                     {"description": "One embedding per input, in input order.",

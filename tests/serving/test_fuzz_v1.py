@@ -20,7 +20,8 @@ from tests.fuzzing import fuzz_config, operations, run_fuzz
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MAX_EXAMPLES = 25
-SERVED = {"/v1/chat/completions": "tollgate-mini", "/v1/embeddings": "all-minilm-l6-v2"}
+SERVED = {"/v1/chat/completions": "tollgate-mini", "/v1/completions": "tollgate-mini",
+          "/v1/embeddings": "all-minilm-l6-v2"}
 # Schema conformance, status codes and content types against the document; no 5xx ever.
 CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_schema_conformance", "negative_data_rejection"]
@@ -49,7 +50,7 @@ def keep_generation_cheap(case) -> None:
     model = body.get("model")
     if isinstance(model, str) and zlib.crc32(model.encode("utf-8", "surrogatepass")) % 3:
         body["model"] = SERVED[case.path]
-    if case.path == "/v1/chat/completions":
+    if case.path in ("/v1/chat/completions", "/v1/completions"):
         for name in ("max_tokens", "max_completion_tokens"):
             if type(body.get(name)) is int and body[name] > 2:
                 body[name] = 2
