@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
@@ -56,6 +57,7 @@ from tenants.services import TenantContext
 from .models import Batch, BatchFile, BatchLine
 
 logger = logging.getLogger(__name__)
+RUN_BATCH_TASK = "batches.run_batch"  # the Celery task's name (batches/tasks.py)
 
 
 @dataclass(frozen=True)
@@ -258,9 +260,8 @@ def start_batch(batch_id: str) -> None:
     if settings.CELERY_TASK_ALWAYS_EAGER:
         threading.Thread(target=_run_in_thread, args=(batch_id,), name=f"batch-{batch_id}", daemon=True).start()
         return
-    from .tasks import run_batch_task  # tasks imports this module
-
-    run_batch_task.apply_async(args=[batch_id], priority=settings.TOLLGATE_BATCH_TASK_PRIORITY)
+    # By name (batches/tasks.py registers it), so this module never imports the task module that imports it.
+    current_app.send_task(RUN_BATCH_TASK, args=[batch_id], priority=settings.TOLLGATE_BATCH_TASK_PRIORITY)
 
 
 def _run_in_thread(batch_id: str) -> None:
