@@ -234,3 +234,41 @@ def gpu_charges(report) -> go.Figure:
     fig.update_layout(title=f"Pool {report.statement.pool}: who pays its cost", barmode="stack",
                       legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
     return fig
+
+
+def pool_utilization_over_time(by_pool: dict) -> go.Figure:
+    """Each rated pool's utilization per UTC hour (engine-seconds ÷ replica-seconds paid for), one line each.
+
+    Hours no rate covered are gaps (nothing was paid for, so there is no share to show)."""
+    fig = go.Figure([
+        go.Scatter(x=[h.hour for h in hours], y=[h.utilization for h in hours], mode="lines", name=pool,
+                   line=dict(color=_SERIES[i % len(_SERIES)], width=1.5), connectgaps=False,
+                   customdata=[[h.engine_seconds, float(h.replica_seconds or 0)] for h in hours],
+                   hovertemplate=f"{pool}<br>" + "%{x|%b %d %H:00}: %{y:.1%} "
+                                 "(%{customdata[0]:,.4~r} of %{customdata[1]:,.0f} replica-seconds)<extra></extra>")
+        for i, (pool, hours) in enumerate(by_pool.items())
+    ])
+    layout = dict(_LAYOUT, yaxis=dict(tickformat=".1~%", gridcolor="#e5e7eb", rangemode="tozero"))
+    fig.update_layout(title="GPU utilization per hour (UTC)",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **layout)
+    return _say_when_empty(fig, not by_pool, "No pool has a GPU rate")
+
+
+def queue_wait_over_time(by_pool: dict) -> go.Figure:
+    """Queue wait per UTC hour and pool: p50 as a line, p95 dotted in the same colour."""
+    traces = []
+    for i, (pool, hours) in enumerate(by_pool.items()):
+        colour = _SERIES[i % len(_SERIES)]
+        x, attempts = [h.hour for h in hours], [h.attempts for h in hours]
+        for label, values, dash in (("p50", [h.p50_ms for h in hours], "solid"),
+                                    ("p95", [h.p95_ms for h in hours], "dot")):
+            traces.append(go.Scatter(
+                x=x, y=values, mode="lines+markers", name=f"{pool} {label}", customdata=attempts,
+                line=dict(color=colour, dash=dash, width=1.5), marker=dict(size=3),
+                hovertemplate=f"{pool} {label}<br>" + "%{x|%b %d %H:00}: %{y:,.1f} ms "
+                              "over %{customdata} attempts<extra></extra>"))
+    fig = go.Figure(traces)
+    layout = dict(_LAYOUT, yaxis=dict(ticksuffix=" ms", gridcolor="#e5e7eb", rangemode="tozero"))
+    fig.update_layout(title="Queue wait per hour (UTC), p50 and p95",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **layout)
+    return _say_when_empty(fig, not by_pool, "No attempt queued for a pool in this period")

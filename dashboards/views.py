@@ -399,7 +399,12 @@ def staff_gpu(request):
     if errors:
         return render(request, "dashboards/gpu.html", {**context, "charts": []}, status=400)
     reports = queries.gpu_pool_reports(view.start, view.end)
-    charts = {f"gpu-{r.statement.pool}": figures.gpu_charges(r) for r in reports}
+    charts = {
+        "gpu-utilization-over-time": figures.pool_utilization_over_time(
+            queries.pool_utilization_by_hour(view.start, view.end)),
+        "queue-wait-over-time": figures.queue_wait_over_time(queries.queue_wait_by_hour(view.start, view.end)),
+        **{f"gpu-{r.statement.pool}": figures.gpu_charges(r) for r in reports},
+    }
     return render(request, "dashboards/gpu.html", {
         **context, "reports": [{"report": r, "chart": f"gpu-{r.statement.pool}"} for r in reports],
         "replicas": replica_states(), "charts": _charts(charts)})

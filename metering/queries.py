@@ -861,3 +861,83 @@ def gpu_pool_reports(start: datetime, end: datetime) -> list:
 
     pools = sorted(set(PoolRate.objects.values_list("pool", flat=True)))
     return [pool_statements.pool_statement_report(pool, start, end) for pool in pools]
+
+
+# --- GPU over time (staff GPU page): utilization and queue wait per pool per UTC hour ----------------
+
+
+@dataclass(frozen=True)
+class PoolHour:
+    """One rated pool's hour: engine-seconds used against the replica-seconds its rates paid for."""
+
+    pool: str
+    hour: datetime  # start of the UTC hour
+    engine_seconds: float
+    replica_seconds: Decimal | None  # None: no rate covered this hour
+
+    @property
+    def utilization(self) -> float | None:
+        return pool_statements.utilization(self.engine_seconds, self.replica_seconds)
+
+
+def _utc_hours(start: datetime, end: datetime) -> list[datetime]:
+    hour, hours = _floor(start, "hour"), []
+    while hour < end:
+        hours.append(hour)
+        hour += timedelta(hours=1)
+    return hours
+
+
+def pool_utilization_by_hour(start: datetime, end: datetime) -> dict[str, list[PoolHour]]:
+    """Per rated pool (by name), every UTC hour of [start, end): engine-seconds from the hourly rollup
+    (raw rows for partial edge hours) over the replica-seconds paid for in that hour (edge hours: the
+    part inside the range). Hours without traffic are zero, not missing, so idle hours show as idle."""
+    from .models import PoolRate
+
+    rates: dict[str, list] = {}
+    for rate in PoolRate.objects.order_by("effective_from"):
+        rates.setdefault(rate.pool, []).append(rate)
+    if not rates:
+        return {}
+    used = {(r["pool"], r["hour"].replace(tzinfo=dt_timezone.utc)): r["engine_seconds"]
+            for r in usage_summary(UsageFilter(start=start, end=end), ["pool", "hour"],
+                                   measures=["engine_seconds"])}
+    hours = _utc_hours(start, end)
+    return {
+        pool: [PoolHour(pool=pool, hour=hour, engine_seconds=used.get((pool, hour), 0.0),
+                        replica_seconds=pool_statements.pool_replica_seconds(
+                            pool, max(hour, start), min(hour + timedelta(hours=1), end), rates=pool_rates))
+               for hour in hours]
+        for pool, pool_rates in sorted(rates.items())
+    }
+
+
+@dataclass(frozen=True)
+class QueueWaitHour:
+    pool: str
+    hour: datetime  # start of the UTC hour
+    attempts: int
+    p50_ms: float
+    p95_ms: float
+
+
+def queue_wait_by_hour(start: datetime, end: datetime) -> dict[str, list[QueueWaitHour]]:
+    """Per pool, each UTC hour with attempts: how long they waited for a slot (queue_wait_ms), p50 and p95.
+
+    Reads the raw events (the rollups keep sums, not distributions). quantileExact: an hour holds a few
+    thousand attempts at most per pool, and an exact percentile is the one a person can check. Attempts
+    served without a pool (cache hits) and refused ones never queued and are left out.
+    """
+    result = get_client().query(
+        "SELECT pool, toStartOfHour(timestamp) AS hour, count() AS attempts, "
+        "quantileExact(0.5)(queue_wait_ms) AS p50, quantileExact(0.95)(queue_wait_ms) AS p95 "
+        "FROM usage_events FINAL WHERE timestamp >= {start:DateTime64(6, 'UTC')} "
+        "AND timestamp < {end:DateTime64(6, 'UTC')} AND pool != '' AND status != 'refused' "
+        "GROUP BY pool, hour ORDER BY pool, hour",
+        parameters={"start": start, "end": end})
+    by_pool: dict[str, list[QueueWaitHour]] = {}
+    for pool, hour, attempts, p50, p95 in result.result_rows:
+        by_pool.setdefault(pool, []).append(QueueWaitHour(
+            pool=pool, hour=hour.replace(tzinfo=dt_timezone.utc), attempts=int(attempts), p50_ms=float(p50),
+            p95_ms=float(p95)))
+    return by_pool
