@@ -338,12 +338,16 @@ def savings(request, org_slug: str):
         return render(request, "dashboards/savings.html", {**context, "charts": []}, status=400)
     narrow = _check_narrowing(org, view, forced)
     data = queries.savings(org.pk, view.start, view.end, org.timezone, **narrow)
+    routing = queries.routing(org.pk, view.start, view.end, org.timezone, **narrow)
+    days = view.first_day, view.last_day, org.timezone
     charts = {
-        "savings-over-time": figures.savings_over_time(data.by_day, view.first_day, view.last_day, org.timezone),
-        "cache-hit-rate": figures.cache_hit_rate_over_time(data.by_day, view.first_day, view.last_day,
-                                                           org.timezone),
+        "savings-over-time": figures.savings_over_time(data.by_day, *days),
+        "cache-hit-rate": figures.cache_hit_rate_over_time(data.by_day, *days),
+        "routed-by-tier": figures.routed_share_by_tier_over_time(routing, *days),
+        "routed-escalation-cost": figures.routed_escalation_cost_over_time(routing, *days),
     }
-    return render(request, "dashboards/savings.html", {**context, "data": data, "charts": _charts(charts)})
+    return render(request, "dashboards/savings.html", {**context, "data": data, "routing": routing,
+                                                       "charts": _charts(charts)})
 
 
 def _budget_narrowing(budget) -> dict:

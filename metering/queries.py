@@ -941,3 +941,77 @@ def queue_wait_by_hour(start: datetime, end: datetime) -> dict[str, list[QueueWa
             pool=pool, hour=hour.replace(tzinfo=dt_timezone.utc), attempts=int(attempts), p50_ms=float(p50),
             p95_ms=float(p95)))
     return by_pool
+
+
+# --- Routing (savings page): what `model: "auto"` chose, per tier, and what escalation cost ---------
+
+
+@dataclass(frozen=True)
+class RoutingRow:
+    key: object  # a day in the filter's time zone, or a tier (None: the totals)
+    requests: int  # routed requests answered (distinct request ids; an escalated request counts once)
+    by_tier: dict  # tier -> routed requests decided at that tier
+    escalations: int  # attempts thrown away for a stronger model's answer
+    escalation: Decimal  # what those attempts cost (billed)
+    billed: Decimal
+
+    def share(self, tier: int) -> float | None:
+        return self.by_tier.get(tier, 0) / self.requests if self.requests else None
+
+
+@dataclass(frozen=True)
+class Routing:
+    tiers: list[int]
+    by_day: list[RoutingRow]
+    by_tier: list[RoutingRow]
+    by_reason: list[tuple[str, int]]  # why the router chose (classifier, low_confidence, …), most first
+    total: RoutingRow
+
+    @property
+    def tier_shares(self) -> list[tuple[RoutingRow, float | None]]:
+        """Each tier's row with its share of all routed requests."""
+        return [(row, row.requests / self.total.requests if self.total.requests else None) for row in self.by_tier]
+
+
+def routing(org_id: int, start: datetime, end: datetime, tz: str = "UTC", **narrow) -> Routing:
+    """Requests sent as `model: "auto"`: how many each tier served, per day, and their escalation cost.
+
+    What auto saved against the policy's default tier is not recorded (the counterfactual model is not
+    on the row), so this shows the decisions and what escalating cost, from the usage rows' route_* fields.
+    The rollups carry no route columns: one raw read grouped by day × tier × reason.
+    """
+    f = _narrowed((org_id,), start, end, tz, **narrow)
+    params = {"start": f.start, "end": f.end, "tz": tz, "org_ids": list(f.org_ids or []),
+              "feature": f.feature or "", "model": f.model or "", "pool": "", "api_key_id": f.api_key_id or 0,
+              "user_id": f.user_id or 0}
+    result = get_client().query(
+        "SELECT toDate(timestamp, {tz:String}) AS day, ifNull(route_tier, 0) AS tier, route_reason, "
+        "uniqExact(request_id) AS requests, countIf(cost_escalation > 0) AS escalations, "
+        "sum(toDecimal128(cost_escalation, 9)) AS escalation, sum(toDecimal128(cost_total, 9)) AS billed "
+        f"FROM usage_events FINAL WHERE {_where(f, 'timestamp', 'start', 'end', raw=True)} "
+        "AND model_requested = 'auto' AND status != 'refused' GROUP BY day, tier, route_reason",
+        parameters=params)
+    rows = [dict(zip(["day", "tier", "reason", "requests", "escalations", "escalation", "billed"], r))
+            for r in result.result_rows]
+
+    def fold(key, selected: list[dict]) -> RoutingRow:
+        by_tier: dict = {}
+        for r in selected:
+            by_tier[r["tier"]] = by_tier.get(r["tier"], 0) + int(r["requests"])
+        return RoutingRow(key=key, requests=sum(by_tier.values()), by_tier=by_tier,
+                          escalations=sum(int(r["escalations"]) for r in selected),
+                          escalation=sum((Decimal(r["escalation"]) for r in selected), Decimal(0)),
+                          billed=sum((Decimal(r["billed"]) for r in selected), Decimal(0)))
+
+    reasons: dict = {}
+    for r in rows:
+        reasons[r["reason"] or "(none)"] = reasons.get(r["reason"] or "(none)", 0) + int(r["requests"])
+    tiers = sorted({r["tier"] for r in rows})
+    days = sorted({r["day"] for r in rows})
+    return Routing(
+        tiers=tiers,
+        by_day=[fold(day, [r for r in rows if r["day"] == day]) for day in days],
+        by_tier=[fold(tier, [r for r in rows if r["tier"] == tier]) for tier in tiers],
+        by_reason=sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])),
+        total=fold(None, rows),
+    )

@@ -51,16 +51,17 @@ def seed_showcase(org, now: datetime, *, days: int = 21, seed: int = 11, api_key
             model, tier = rng.choices(MODELS, weights=(6, 3, 1))[0]
             routed = rng.random() < 0.5
             common = dict(feature=feature, input_tokens=rng.randrange(200, 4000), output_tokens=rng.randrange(20, 600),
-                          engine_seconds=round(rng.uniform(0.1, 2.0) * tier, 3),
+                          engine_seconds=round(rng.uniform(2.0, 40.0) * tier, 3),
                           queue_wait_ms=round(rng.expovariate(1 / 30), 1), api_key_id=api_key_id, user_id=user_id)
             if routed and tier < 3 and rng.random() < 0.1:
                 # Escalated: the weaker answer was thrown away for the next tier's.
                 request_id = uuid6.uuid7().hex
                 weaker, weaker_tier = MODELS[tier - 1]
-                stronger, stronger_tier = MODELS[tier]
+                stronger, _ = MODELS[tier]
                 showcase_attempt(org, at, model=weaker, route_tier=weaker_tier, route_reason="classifier",
                                  route_model=weaker, discarded=True, request_id=request_id, **common)
-                showcase_attempt(org, at + timedelta(seconds=2), model=stronger, route_tier=stronger_tier,
+                # Both attempts carry the request's one routing decision (the weaker tier).
+                showcase_attempt(org, at + timedelta(seconds=2), model=stronger, route_tier=weaker_tier,
                                  route_reason="classifier", route_model=weaker, request_id=request_id,
                                  attempt_kind=UsageRecord.AttemptKind.ESCALATION, **common)
                 written += 2

@@ -24,16 +24,17 @@ DESK = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
 
-def pages(org_slug: str) -> list[tuple[str, str, dict, bool, str]]:
-    """(file name, path, viewport, draws charts, who looks) for each screenshot."""
+def pages(org_slug: str) -> list[tuple[str, str, dict, bool, str, str]]:
+    """(file name, path, viewport, draws charts, who looks, the element to shoot or "" for the viewport)."""
     return [
-        ("org-overview.png", f"/dashboards/{org_slug}/?days=30", DESK, True, "manager"),
-        ("org-overview-phone.png", f"/dashboards/{org_slug}/?days=30", PHONE, True, "manager"),
-        ("feature-drill-down.png", f"/dashboards/{org_slug}/by/model/?days=30&feature=chat", DESK, False, "manager"),
-        ("request-log.png", f"/dashboards/{org_slug}/requests/?days=30", DESK, False, "manager"),
-        ("savings.png", f"/dashboards/{org_slug}/savings/?days=30", DESK, True, "manager"),
-        ("statement.png", f"/dashboards/{org_slug}/statement/", DESK, False, "manager"),
-        ("staff-gpu.png", "/dashboards/staff/gpu/?days=7", DESK, True, "staff"),
+        ("org-overview.png", f"/dashboards/{org_slug}/?days=30", DESK, True, "manager", ""),
+        ("org-overview-phone.png", f"/dashboards/{org_slug}/?days=30", PHONE, True, "manager", ""),
+        ("feature-drill-down.png", f"/dashboards/{org_slug}/by/model/?days=30&feature=chat", DESK, False, "manager", ""),
+        ("request-log.png", f"/dashboards/{org_slug}/requests/?days=30", DESK, False, "manager", ""),
+        ("savings.png", f"/dashboards/{org_slug}/savings/?days=30", DESK, True, "manager", ""),
+        ("routing.png", f"/dashboards/{org_slug}/savings/?days=30", DESK, True, "manager", "[data-testid=routing]"),
+        ("statement.png", f"/dashboards/{org_slug}/statement/", DESK, False, "manager", ""),
+        ("staff-gpu.png", "/dashboards/staff/gpu/?days=7", DESK, True, "staff", ""),
     ]
 
 
@@ -45,7 +46,7 @@ def take_screenshots(base_url: str, org_slug: str, logins: dict, out: Path) -> d
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             contexts = {}
-            for name, path, viewport, charts, who in pages(org_slug):
+            for name, path, viewport, charts, who, element in pages(org_slug):
                 key = (who, viewport["width"])
                 if key not in contexts:
                     context = browser.new_context(viewport=viewport)
@@ -64,7 +65,8 @@ def take_screenshots(base_url: str, org_slug: str, logins: dict, out: Path) -> d
                     page.wait_for_function(ALL_CHARTS_DRAWN, timeout=90000)
                 page.wait_for_load_state("networkidle")
                 # The viewport only (not the full page): what a person sees first, and a small file.
-                page.screenshot(path=str(out / name), animations="disabled")
+                shoot = page.locator(element) if element else page
+                shoot.screenshot(path=str(out / name), animations="disabled")
                 sizes[name] = (out / name).stat().st_size
         finally:
             browser.close()

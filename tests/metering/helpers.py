@@ -19,12 +19,13 @@ def record_attempt(org, at: datetime, *, model: str = "tollgate-mini", feature: 
     """One attempt priced from the catalog; `fields` sets any other UsageDraft field (queue_wait_ms, route_*)."""
     entry = pricing.catalog_entry(model, at)
     cost = pricing.cost_of_tokens(entry, input_tokens=input_tokens, output_tokens=output_tokens)
-    return record_usage(UsageDraft(
-        request_id=uuid6.uuid7().hex, org_id=org.pk, created_at=at, model_requested=model, model_served=model,
-        feature=feature, pool=pool, engine_seconds=engine_seconds, status=status, discarded=discarded,
-        input_tokens=input_tokens, output_tokens=output_tokens, cost_input=cost.input, cost_output=cost.output,
-        price_id=entry.price_id, api_key_id=api_key_id, user_id=user_id, **fields,
-    ))
+    return record_usage(UsageDraft(**{
+        "request_id": uuid6.uuid7().hex, "org_id": org.pk, "created_at": at, "model_requested": model,
+        "model_served": model, "feature": feature, "pool": pool, "engine_seconds": engine_seconds, "status": status,
+        "discarded": discarded, "input_tokens": input_tokens, "output_tokens": output_tokens,
+        "cost_input": cost.input, "cost_output": cost.output, "price_id": entry.price_id, "api_key_id": api_key_id,
+        "user_id": user_id, **fields,
+    }))
 
 
 def ledger_total(**filters) -> Decimal:
