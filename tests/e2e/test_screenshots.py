@@ -29,7 +29,8 @@ def pages(org_slug: str) -> list[tuple[str, str, dict, bool, str, str]]:
     return [
         ("org-overview.png", f"/dashboards/{org_slug}/?days=30", DESK, True, "manager", ""),
         ("org-overview-phone.png", f"/dashboards/{org_slug}/?days=30", PHONE, True, "manager", ""),
-        ("feature-drill-down.png", f"/dashboards/{org_slug}/by/model/?days=30&feature=chat", DESK, False, "manager", ""),
+        ("feature-drill-down.png", f"/dashboards/{org_slug}/by/model/?days=30&feature=chat", DESK, False, "manager",
+         ""),
         ("request-log.png", f"/dashboards/{org_slug}/requests/?days=30", DESK, False, "manager", ""),
         ("savings.png", f"/dashboards/{org_slug}/savings/?days=30", DESK, True, "manager", ""),
         ("routing.png", f"/dashboards/{org_slug}/savings/?days=30", DESK, True, "manager", "[data-testid=routing]"),
