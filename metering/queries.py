@@ -924,19 +924,20 @@ class QueueWaitHour:
 def queue_wait_by_hour(start: datetime, end: datetime) -> dict[str, list[QueueWaitHour]]:
     """Per pool, each UTC hour with attempts: how long they waited for a slot (queue_wait_ms), p50 and p95.
 
-    Reads the raw events (the rollups keep sums, not distributions). quantileExact: an hour holds a few
-    thousand attempts at most per pool, and an exact percentile is the one a person can check. Attempts
+    Reads the raw events (the rollups keep sums, not distributions). quantilesExact, both levels in one
+    pass: an hour holds a few thousand attempts per pool, and an exact percentile is one a person can check
+    (54 ms for 30 days over bench/dashboard_pages.py's 2 M events, against 74 ms for two quantileExact). Attempts
     served without a pool (cache hits) and refused ones never queued and are left out.
     """
     result = get_client().query(
         "SELECT pool, toStartOfHour(timestamp) AS hour, count() AS attempts, "
-        "quantileExact(0.5)(queue_wait_ms) AS p50, quantileExact(0.95)(queue_wait_ms) AS p95 "
+        "quantilesExact(0.5, 0.95)(queue_wait_ms) AS waits "
         "FROM usage_events FINAL WHERE timestamp >= {start:DateTime64(6, 'UTC')} "
         "AND timestamp < {end:DateTime64(6, 'UTC')} AND pool != '' AND status != 'refused' "
         "GROUP BY pool, hour ORDER BY pool, hour",
         parameters={"start": start, "end": end})
     by_pool: dict[str, list[QueueWaitHour]] = {}
-    for pool, hour, attempts, p50, p95 in result.result_rows:
+    for pool, hour, attempts, (p50, p95) in result.result_rows:
         by_pool.setdefault(pool, []).append(QueueWaitHour(
             pool=pool, hour=hour.replace(tzinfo=dt_timezone.utc), attempts=int(attempts), p50_ms=float(p50),
             p95_ms=float(p95)))
