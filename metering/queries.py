@@ -926,8 +926,8 @@ def queue_wait_by_hour(start: datetime, end: datetime) -> dict[str, list[QueueWa
 
     Reads the raw events (the rollups keep sums, not distributions). quantilesExact, both levels in one
     pass: an hour holds a few thousand attempts per pool, and an exact percentile is one a person can check
-    (54 ms for 30 days over bench/dashboard_pages.py's 2 M events, against 74 ms for two quantileExact). Attempts
-    served without a pool (cache hits) and refused ones never queued and are left out.
+    (54 ms for 30 days over bench/dashboard_pages.py's 2 M events, against 74 ms for two quantileExact).
+    Attempts served without a pool (cache hits) and refused ones never queued and are left out.
     """
     result = get_client().query(
         "SELECT pool, toStartOfHour(timestamp) AS hour, count() AS attempts, "
