@@ -8,7 +8,10 @@ same run, interleaved, with random orgs over 30 days, each page's ClickHouse que
 * the org page now (the same plus top API keys and top users, read from usage_events);
 * the org page filtered by a feature, and by an API key (every panel from usage_events);
 * the request log's first page (count + 50 newest attempts);
-* the monthly statement (one query, feature x model, over the previous 30 days).
+* the monthly statement (one query, feature x model, over the previous 30 days);
+* the savings page's routing panel (one raw query, day x tier x reason, `model: "auto"` only);
+* the staff GPU page's charts over time, every org (utilization per pool per hour from the hourly rollup,
+  queue wait p50/p95 per pool per hour from the raw events).
 
 Embedded defaults: SQLite (migrated here) and chDB in a temporary folder.
 
@@ -55,6 +58,11 @@ def main() -> None:
     from usage_queries import generate, percentile
 
     call_command("migrate", verbosity=0)
+    from metering.models import PoolRate
+
+    for pool in ("interactive", "batch"):  # the generator's two pools, rated for the whole range
+        PoolRate.objects.get_or_create(pool=pool, effective_from=datetime.now(timezone.utc) - timedelta(days=400),
+                                       defaults={"usd_per_gpu_hour": 2, "gpus": 8})
     client = ch.get_client()
     t0 = time.perf_counter()
     generate(client, args.events, args.orgs, args.days, datetime.now(timezone.utc))
@@ -81,6 +89,9 @@ def main() -> None:
         ("org page, ?key= (7 queries, all raw)", lambda s, e, o: now_page(s, e, o, api_key_id=o * 10)),
         ("request log, first page (count + 50 rows)", lambda s, e, o: queries.request_log(o, s, e, limit=50)),
         ("monthly statement (1 query)", lambda s, e, o: queries.chargeback_statement(o, s, e)),
+        ("savings page, routing panel (1 raw query)", lambda s, e, o: queries.routing(o, s, e, "UTC")),
+        ("staff GPU over time, all orgs (2 queries)",
+         lambda s, e, o: (queries.pool_utilization_by_hour(s, e), queries.queue_wait_by_hour(s, e))),
     ]
     timings = {name: [] for name, _ in workloads}
     rng = random.Random(11)

@@ -234,3 +234,71 @@ def gpu_charges(report) -> go.Figure:
     fig.update_layout(title=f"Pool {report.statement.pool}: who pays its cost", barmode="stack",
                       legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **_LAYOUT)
     return fig
+
+
+def pool_utilization_over_time(by_pool: dict) -> go.Figure:
+    """Each rated pool's utilization per UTC hour (engine-seconds ÷ replica-seconds paid for), one line each.
+
+    Hours no rate covered are gaps (nothing was paid for, so there is no share to show)."""
+    fig = go.Figure([
+        go.Scatter(x=[h.hour for h in hours], y=[h.utilization for h in hours], mode="lines", name=pool,
+                   line=dict(color=_SERIES[i % len(_SERIES)], width=1.5), connectgaps=False,
+                   customdata=[[h.engine_seconds, float(h.replica_seconds or 0)] for h in hours],
+                   hovertemplate=f"{pool}<br>" + "%{x|%b %d %H:00}: %{y:.1%} "
+                                 "(%{customdata[0]:,.4~r} of %{customdata[1]:,.0f} replica-seconds)<extra></extra>")
+        for i, (pool, hours) in enumerate(by_pool.items())
+    ])
+    layout = dict(_LAYOUT, yaxis=dict(tickformat=".3~%", gridcolor="#e5e7eb", rangemode="tozero"))
+    fig.update_layout(title="GPU utilization per hour (UTC)",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **layout)
+    return _say_when_empty(fig, not by_pool, "No pool has a GPU rate")
+
+
+def queue_wait_over_time(by_pool: dict) -> go.Figure:
+    """Queue wait per UTC hour and pool: p50 as a line, p95 dotted in the same colour."""
+    traces = []
+    for i, (pool, hours) in enumerate(by_pool.items()):
+        colour = _SERIES[i % len(_SERIES)]
+        x, attempts = [h.hour for h in hours], [h.attempts for h in hours]
+        for label, values, dash in (("p50", [h.p50_ms for h in hours], "solid"),
+                                    ("p95", [h.p95_ms for h in hours], "dot")):
+            traces.append(go.Scatter(
+                x=x, y=values, mode="lines+markers", name=f"{pool} {label}", customdata=attempts,
+                line=dict(color=colour, dash=dash, width=1.5), marker=dict(size=3),
+                hovertemplate=f"{pool} {label}<br>" + "%{x|%b %d %H:00}: %{y:,.1f} ms "
+                              "over %{customdata} attempts<extra></extra>"))
+    fig = go.Figure(traces)
+    layout = dict(_LAYOUT, yaxis=dict(ticksuffix=" ms", gridcolor="#e5e7eb", rangemode="tozero"))
+    # Legend below: four entries per pool do not fit beside the title on a half-width panel.
+    fig.update_layout(title="Queue wait per hour (UTC), p50 and p95",
+                      legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"), **dict(layout, height=360))
+    return _say_when_empty(fig, not by_pool, "No attempt queued for a pool in this period")
+
+
+def routed_share_by_tier_over_time(routing, first_day: date, last_day: date, tz: str) -> go.Figure:
+    """Per day, the share of `model: "auto"` requests each tier answered (stacked to 100 %)."""
+    by_day = {r.key: r for r in routing.by_day}
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    fig = go.Figure([
+        go.Bar(x=days, y=[by_day[d].share(tier) if d in by_day else None for d in days],
+               name=f"Tier {tier}" if tier else "No tier", marker_color=_SERIES[i % len(_SERIES)],
+               customdata=[by_day[d].by_tier.get(tier, 0) if d in by_day else 0 for d in days],
+               hovertemplate=f"Tier {tier}<br>" + "%{x|%b %d}: %{y:.1%} (%{customdata} requests)<extra></extra>")
+        for i, tier in enumerate(routing.tiers)
+    ])
+    layout = dict(_LAYOUT, yaxis=dict(tickformat=".0%", gridcolor="#e5e7eb", range=[0, 1]))
+    fig.update_layout(title=f"Routed requests by tier, per day ({tz})", barmode="stack",
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), **layout)
+    return _say_when_empty(fig, not routing.by_day, 'No request asked for model "auto" in this period')
+
+
+def routed_escalation_cost_over_time(routing, first_day: date, last_day: date, tz: str) -> go.Figure:
+    """Per day, what escalating routed requests cost (answers thrown away for a stronger model's; billed)."""
+    by_day = {r.key: r for r in routing.by_day}
+    days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+    fig = go.Figure(go.Bar(
+        x=days, y=[float(by_day[d].escalation) if d in by_day else 0.0 for d in days], name="Escalation (billed)",
+        marker_color=_BILLED, customdata=[by_day[d].escalations if d in by_day else 0 for d in days],
+        hovertemplate="%{x|%b %d}: $%{y:,.3~r} over %{customdata} escalated attempts<extra></extra>"))
+    fig.update_layout(title=f"Escalation cost of routed requests, per day ({tz})", **_LAYOUT)
+    return _say_when_empty(fig, not routing.total.escalation, "No routed request escalated in this period")

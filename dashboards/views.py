@@ -338,12 +338,16 @@ def savings(request, org_slug: str):
         return render(request, "dashboards/savings.html", {**context, "charts": []}, status=400)
     narrow = _check_narrowing(org, view, forced)
     data = queries.savings(org.pk, view.start, view.end, org.timezone, **narrow)
+    routing = queries.routing(org.pk, view.start, view.end, org.timezone, **narrow)
+    days = view.first_day, view.last_day, org.timezone
     charts = {
-        "savings-over-time": figures.savings_over_time(data.by_day, view.first_day, view.last_day, org.timezone),
-        "cache-hit-rate": figures.cache_hit_rate_over_time(data.by_day, view.first_day, view.last_day,
-                                                           org.timezone),
+        "savings-over-time": figures.savings_over_time(data.by_day, *days),
+        "cache-hit-rate": figures.cache_hit_rate_over_time(data.by_day, *days),
+        "routed-by-tier": figures.routed_share_by_tier_over_time(routing, *days),
+        "routed-escalation-cost": figures.routed_escalation_cost_over_time(routing, *days),
     }
-    return render(request, "dashboards/savings.html", {**context, "data": data, "charts": _charts(charts)})
+    return render(request, "dashboards/savings.html", {**context, "data": data, "routing": routing,
+                                                       "charts": _charts(charts)})
 
 
 def _budget_narrowing(budget) -> dict:
@@ -399,7 +403,12 @@ def staff_gpu(request):
     if errors:
         return render(request, "dashboards/gpu.html", {**context, "charts": []}, status=400)
     reports = queries.gpu_pool_reports(view.start, view.end)
-    charts = {f"gpu-{r.statement.pool}": figures.gpu_charges(r) for r in reports}
+    charts = {
+        "gpu-utilization-over-time": figures.pool_utilization_over_time(
+            queries.pool_utilization_by_hour(view.start, view.end)),
+        "queue-wait-over-time": figures.queue_wait_over_time(queries.queue_wait_by_hour(view.start, view.end)),
+        **{f"gpu-{r.statement.pool}": figures.gpu_charges(r) for r in reports},
+    }
     return render(request, "dashboards/gpu.html", {
         **context, "reports": [{"report": r, "chart": f"gpu-{r.statement.pool}"} for r in reports],
         "replicas": replica_states(), "charts": _charts(charts)})

@@ -31,14 +31,18 @@ def month_period(value: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def pool_replica_seconds(pool: str, start: datetime, end: datetime) -> Decimal | None:
+def pool_replica_seconds(pool: str, start: datetime, end: datetime, rates: list | None = None) -> Decimal | None:
     """Replica-seconds the pool's paid GPUs offered over [start, end), or None for a pool with no rate.
 
     Replicas are GPUs ÷ GPUs per replica, following rate changes inside the
     period like `costs.pool_cost_over`. Engine-seconds are a request's share of
-    one replica's time, so engine-seconds ÷ this is the pool's utilization.
+    one replica's time, so engine-seconds ÷ this is the pool's utilization. `rates`: the pool's
+    PoolRate rows oldest first, when the caller already has them.
     """
-    rates = list(PoolRate.objects.filter(pool=pool, effective_from__lt=end).order_by("effective_from"))
+    if rates is None:
+        rates = list(PoolRate.objects.filter(pool=pool, effective_from__lt=end).order_by("effective_from"))
+    else:  # the pool's rates read once by a caller asking for many spans (hour by hour)
+        rates = [r for r in rates if r.effective_from < end]
     total = Decimal(0)
     covered = False
     for i, rate in enumerate(rates):

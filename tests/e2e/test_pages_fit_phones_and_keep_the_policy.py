@@ -19,8 +19,6 @@ from tests.metering.helpers import record_attempt
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
 WATCH_POLICY = """
 window.__violations = [];
 document.addEventListener('securitypolicyviolation',
@@ -71,7 +69,7 @@ def org_pages(org_slug: str) -> list[str]:
             f"/dashboards/{org_slug}/by/feature/", f"/dashboards/{org_slug}/by/key/?feature=chat"]
 
 
-def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: list[str]) -> dict:
+def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: list[str], shots: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
     seen = {}
@@ -83,8 +81,7 @@ def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: 
             seen["phone_org"] = phone.open(f"/dashboards/{org_slug}/", charts=True)
             seen["phone_budget_box"] = phone.page.evaluate(BUDGET_BOX)
             seen["modebar"] = phone.page.evaluate(MODEBAR_TITLES)
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            phone.page.screenshot(path=str(SCREENSHOTS / "org-dashboard-phone.png"), full_page=True)
+            phone.page.screenshot(path=str(shots / "org-dashboard-phone.png"), full_page=True)
             seen["phone_filtered"] = phone.open(f"/dashboards/{org_slug}/?days=7&feature=chat", charts=True)
             seen["phone_retries"] = phone.open(f"/dashboards/{org_slug}/retries/", charts=True)
             seen["phone_savings"] = phone.open(f"/dashboards/{org_slug}/savings/", charts=True)
@@ -96,14 +93,14 @@ def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: 
             desk = Visit(browser, base_url, {"width": 1366, "height": 900})
             desk.log_in(staff, "pw-for-tests")
             seen["desk_org"] = desk.open(f"/dashboards/{org_slug}/", charts=True)
-            desk.page.screenshot(path=str(SCREENSHOTS / "org-dashboard.png"), full_page=True)
+            desk.page.screenshot(path=str(shots / "org-dashboard.png"), full_page=True)
             seen["desk_overview"] = desk.open("/dashboards/staff/overview/", charts=True)
-            desk.page.screenshot(path=str(SCREENSHOTS / "staff-overview.png"), full_page=True)
+            desk.page.screenshot(path=str(shots / "staff-overview.png"), full_page=True)
             staff_pages = ["/dashboards/staff/statements/", "/dashboards/staff/gpu/"]
             for path in admin_paths + org_pages(org_slug) + staff_pages:
                 seen[path] = desk.open(path)
             desk.page.goto(f"{base_url}/admin/serving/pool/")
-            desk.page.screenshot(path=str(SCREENSHOTS / "admin-pools.png"), full_page=True)
+            desk.page.screenshot(path=str(shots / "admin-pools.png"), full_page=True)
             seen["desk_hosts"], seen["desk_console"] = desk.hosts, desk.console_errors
         finally:
             browser.close()
@@ -111,7 +108,7 @@ def browse(base_url: str, org_slug: str, manager: str, staff: str, admin_paths: 
 
 
 def test_pages_fit_a_phone_offer_no_cloud_upload_and_keep_the_policy(live_gateway, make_tenant, catalog,
-                                                                     clickhouse, django_user_model):
+                                                                     clickhouse, django_user_model, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed; `make test` installs it (scripts/ensure-chromium.sh)")
     acme = make_tenant("acme", tz="America/New_York")
@@ -132,7 +129,7 @@ def test_pages_fit_a_phone_offer_no_cloud_upload_and_keep_the_policy(live_gatewa
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         seen = pool.submit(browse, live_gateway.url, acme.org.slug, acme.manager.username, "ops",
-                           admin_paths).result(timeout=300)
+                           admin_paths, tmp_path).result(timeout=300)
 
     host = urlsplit(live_gateway.url).netloc
     phone_pages = ["phone_org", "phone_filtered", "phone_retries", "phone_savings", "phone_budgets",
