@@ -30,6 +30,7 @@ is a miss, so precision does not depend on the table being complete.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 import snowballstemmer
@@ -110,7 +111,16 @@ _PHRASES = [(re.compile(r"\b" + p + r"\b"), r) for p, r in (
 )]
 
 
-_stem = snowballstemmer.stemmer("english").stemWord
+# A snowball stemmer keeps its state in the object while it stems, so one shared by the gateway's threads
+# mixes words up (IndexError, or a wrong stem): each thread gets its own.
+_stemmers = threading.local()
+
+
+def _stem(word: str) -> str:
+    stemmer = getattr(_stemmers, "english", None)
+    if stemmer is None:
+        stemmer = _stemmers.english = snowballstemmer.stemmer("english")
+    return stemmer.stemWord(word)
 
 
 def words(text: str) -> list[str]:

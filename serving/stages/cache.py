@@ -88,9 +88,15 @@ async def run(ctx: RequestContext) -> None:
         raise errors.InvalidRequest(str(exc), param="Cache-Control", code="invalid_value")
     try:
         await _look_up(ctx, directives)
+    except errors.OpenAIError:
+        raise
     except STORE_ERRORS as exc:
         # A cache never fails a request: with its store down the request is served as a miss, not kept.
         logger.warning("cache store unavailable; serving without the cache: %r", exc)
+        ctx.response_headers[HEADER] = BYPASS
+    except Exception:
+        # Nor does a fault in the cache's own code: logged with its traceback, the request is generated.
+        logger.exception("cache lookup failed; serving without the cache")
         ctx.response_headers[HEADER] = BYPASS
 
 
