@@ -114,7 +114,7 @@ print("LEDGER=" + json.dumps({r["feature"]: {k: str(v) for k, v in r.items()} fo
 kinds = (UsageRecord.objects.filter(organization__slug="eval").values("feature", "attempt_kind")
          .annotate(n=Count("event_id"), cost=Sum("cost_total")))
 print("KINDS=" + json.dumps([{k: str(v) for k, v in r.items()} for r in kinds]))
-# The classifier's probability per routed request (first attempt), for the per-kind analysis.
+# The classifier's probability per routed request (the same on every attempt), for the per-kind analysis.
 scores = (UsageRecord.objects.filter(organization__slug="eval", model_requested="auto", route_score__isnull=False)
           .values_list("request_id", "route_score"))
 print("SCORES=" + json.dumps(dict(scores)))

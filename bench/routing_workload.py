@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from routing import dataset  # noqa: E402
-from routing.dataset import CITIES, CLOSERS, OPENERS, PRODUCTS, _chunks, _fill, _paragraph  # noqa: E402
+from routing.dataset import CITIES, CLOSERS, OPENERS, PRODUCTS, _chunks  # noqa: E402
 
 SEED = "routing-eval-2026-12"
 REQUESTS = 600
@@ -82,7 +82,7 @@ def _core_and_format(kind: str, index: int, r: random.Random) -> tuple[list[dict
         build, name, schema = JSON_SCHEMA_TASKS[index - 100]
         return ([{"role": "user", "content": build(r)}],
                 {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}})
-    tier, builds = dataset.TEMPLATES[kind]
+    _tier, builds = dataset.TEMPLATES[kind]
     record = builds[index](r)
     response_format = {"type": record["response_format"]} if record.get("response_format") else None
     return record["messages"], response_format
