@@ -21,6 +21,7 @@ from core.stores import STORE_ERRORS
 from core.threads import on_thread_pool
 from metering.metrics import observe_http_error
 from serving import errors
+from serving.bodies import read_body_at_most
 from serving.flow.context import new_request_id
 from serving.protocol import parse_request
 from tenants import services as tenants
@@ -90,20 +91,6 @@ def _page_params(request: Request) -> tuple[str | None, int]:
     return query.get("after") or None, int(limit_text)
 
 
-async def _read_at_most(request: Request, limit: int, too_large: errors.OpenAIError) -> bytes:
-    """The body, refusing one over ``limit`` bytes before reading it all."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 # ----------------------------------------------------------------- files
 
 
@@ -119,7 +106,7 @@ async def _read_upload(request: Request) -> tuple[str, bytes, str]:
     limit = settings.TOLLGATE_BATCH_FILE_MAX_BYTES + MULTIPART_OVERHEAD_BYTES
     too_large = errors.RequestTooLarge(
         f"The file is larger than the {settings.TOLLGATE_BATCH_FILE_MAX_BYTES} bytes a batch input file may have.")
-    body = await _read_at_most(request, limit, too_large)
+    body = await read_body_at_most(request, limit, too_large)
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
@@ -212,7 +199,7 @@ async def batches(request: Request) -> Response:
     if request.method == "POST":
         tenant = await on_thread_pool(_tenant)(request)
         limit = settings.TOLLGATE_MAX_REQUEST_BYTES
-        raw = await _read_at_most(request, limit, errors.RequestTooLarge(
+        raw = await read_body_at_most(request, limit, errors.RequestTooLarge(
             f"The request body is larger than the {limit} bytes this gateway accepts."))
         body = parse_request(BatchCreateRequest, raw)
         return _json(await on_thread_pool(_create_batch)(tenant, body))

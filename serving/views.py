@@ -36,6 +36,7 @@ from metering.tracing import tenant_attributes, tracer
 from tenants import services as tenants
 
 from . import errors
+from .bodies import read_body_at_most
 from .flow.context import RequestContext, new_request_id
 from .flow.pipeline import serve_chat, serve_completions, serve_embeddings
 from .openapi import openapi_json
@@ -93,17 +94,8 @@ def _tenant_attributes(tenant: tenants.TenantContext) -> dict:
 async def _read_body(request: Request) -> bytes:
     """The body, refusing (413) one over the limit before reading it all."""
     limit = settings.TOLLGATE_MAX_REQUEST_BYTES
-    too_large = errors.RequestTooLarge(f"The request body is larger than the {limit} bytes this gateway accepts.")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_body_at_most(request, limit, errors.RequestTooLarge(
+        f"The request body is larger than the {limit} bytes this gateway accepts."))
 
 
 def _json(model, request_id: str, headers: dict[str, str] | None = None) -> Response:
@@ -189,31 +181,23 @@ def partial_allowed(value: str) -> bool:
 
 
 async def chat_completions(request: Request) -> Response:
-    request_id = new_request_id()
-    if request.method != "POST":
-        return _error_response(errors.MethodNotAllowed("Use POST for /v1/chat/completions.", allow="POST"),
-                               request_id, path=request.url.path)
-    span = _server_span("POST /v1/chat/completions", request, request_id)
-    outcome, refused = await _serve(request, request_id, span, ChatCompletionRequest, serve_chat)
-    if refused is not None:
-        return refused
-    if outcome.chunks is not None:
-        return SettlingStreamingResponse(_sse(outcome.chunks, span), outcome.close, span, headers={
-            "Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": request_id, **outcome.headers,
-        })
-    span.set_attribute("http.response.status_code", 200)
-    span.end()
-    return _json(outcome.response, request_id, outcome.headers)
+    return await _generation(request, "/v1/chat/completions", ChatCompletionRequest, serve_chat)
 
 
 async def completions(request: Request) -> Response:
     """POST /v1/completions: the legacy text endpoint, on the same flow as chat."""
+    return await _generation(request, "/v1/completions", TextCompletionRequest, serve_completions,
+                             **{"gen_ai.operation.name": "text_completion"})
+
+
+async def _generation(request: Request, path: str, wire_type, serve, **span_attributes) -> Response:
+    """A generating endpoint: the flow's answer as JSON, or as server-sent events when it streams."""
     request_id = new_request_id()
     if request.method != "POST":
-        return _error_response(errors.MethodNotAllowed("Use POST for /v1/completions.", allow="POST"),
+        return _error_response(errors.MethodNotAllowed(f"Use POST for {path}.", allow="POST"),
                                request_id, path=request.url.path)
-    span = _server_span("POST /v1/completions", request, request_id, **{"gen_ai.operation.name": "text_completion"})
-    outcome, refused = await _serve(request, request_id, span, TextCompletionRequest, serve_completions)
+    span = _server_span(f"POST {path}", request, request_id, **span_attributes)
+    outcome, refused = await _serve(request, request_id, span, wire_type, serve)
     if refused is not None:
         return refused
     if outcome.chunks is not None:
