@@ -185,10 +185,16 @@ def _end_own_span(span: trace.Span | None, exc: BaseException | None = None) -> 
 
 async def serve_chat(ctx: RequestContext) -> ChatOutcome:
     """Serve one chat completion. Raises ``errors.OpenAIError`` (already settled) when it cannot."""
-    ctx.endpoint = CHAT
-    own = _own_span(ctx, f"chat {ctx.request.model}")
+    return await _served(ctx, CHAT, f"chat {ctx.request.model}", _serve_chat)
+
+
+async def _served(ctx: RequestContext, endpoint: str, span_name: str, serve):
+    """Run ``serve(ctx, own_span)`` for a generating endpoint; on failure carry the stage headers and give back
+    what stages kept; once answered whole, end the flow's own span and keep the answer."""
+    ctx.endpoint = endpoint
+    own = _own_span(ctx, span_name)
     try:
-        outcome = await _serve_chat(ctx, own)
+        outcome = await serve(ctx, own)
     except BaseException as exc:
         _carry_stage_headers(ctx, exc)
         await _failed(ctx)
@@ -358,19 +364,8 @@ def _one_prompt(ctx: RequestContext, index: int) -> RequestContext:
 
 
 async def _serve_one_completion(ctx: RequestContext, index: int = 0) -> CompletionsOutcome:
-    ctx.endpoint = COMPLETIONS
-    own = _own_span(ctx, f"completions {ctx.request.model}")
-    try:
-        outcome = await _serve_completion(ctx, own, index)
-    except BaseException as exc:
-        _carry_stage_headers(ctx, exc)
-        await _failed(ctx)
-        _end_own_span(own, exc)
-        raise
-    if outcome.chunks is None:
-        _end_own_span(own)
-        await _answered(ctx, outcome.response, outcome.headers)
-    return outcome
+    return await _served(ctx, COMPLETIONS, f"completions {ctx.request.model}",
+                         lambda c, own: _serve_completion(c, own, index))
 
 
 async def _serve_completion(ctx: RequestContext, own, index: int) -> CompletionsOutcome:
