@@ -148,6 +148,11 @@ def policy_for(org_id: int, feature: str) -> Policy:
     return _policies.get((org_id, feature), lambda: _load_policy(org_id, feature))
 
 
+def memoized_policy(org_id: int, feature: str) -> Policy | None:
+    """The policy when this process has it memoized (no database: safe on the event loop), else None."""
+    return _policies.peek((org_id, feature))
+
+
 def _load_policy(org_id: int, feature: str) -> Policy:
     if not settings.TOLLGATE_CACHE:
         return Policy(exact=False, semantic=False, embeddings=False, ttl_s=0, hit_price=Decimal(0))

@@ -84,6 +84,14 @@ class Memo(Generic[V]):
                     self._entries[key] = (now + ttl, value)
         return value
 
+    def peek(self, key: Hashable) -> V | None:
+        """The memoized value for ``key`` if this process holds a live one, else None; never loads, so it is
+        safe on the event loop (a caller that gets None does the loading ``get`` on a thread)."""
+        entry = self._entries.get(key, _MISSING)
+        if entry is not _MISSING and entry[0] > time.monotonic():
+            return entry[1]
+        return None
+
     def invalidate(self, key: Hashable = _MISSING) -> None:
         """Drop one entry, or all of them."""
         with self._lock:

@@ -61,7 +61,28 @@ def _attr_value(value) -> str:
 
 
 def _attrs(attributes) -> dict[str, str]:
-    return {_text(k): _attr_value(v) for k, v in (attributes or {}).items()}
+    if not attributes:
+        return {}
+    # An SDK span's attributes are a BoundedAttributes mapping, whose items() goes key by key through the
+    # Mapping ABC; its copy() is the underlying dict, iterated in C.
+    items = attributes.copy().items() if hasattr(attributes, "copy") else attributes.items()
+    return {_text(k): _attr_value(v) for k, v in items}
+
+
+_resource_attrs: dict[int, tuple[object, dict[str, str]]] = {}
+
+
+def _resource_attributes(resource) -> dict[str, str]:
+    """A resource's attributes as text, converted once: every span of a provider shares one immutable
+    Resource. The resource is kept with its entry, so its id cannot be reused by another object."""
+    if resource is None:
+        return {}
+    entry = _resource_attrs.get(id(resource))
+    if entry is None or entry[0] is not resource:
+        if len(_resource_attrs) > 64:
+            _resource_attrs.clear()
+        entry = _resource_attrs[id(resource)] = (resource, _attrs(resource.attributes))
+    return entry[1]
 
 
 def _ns_to_datetime(ns: int) -> datetime:
@@ -71,7 +92,7 @@ def _ns_to_datetime(ns: int) -> datetime:
 def span_to_row(span: ReadableSpan) -> list:
     ctx = span.get_span_context()
     parent = span.parent
-    resource_attrs = _attrs(span.resource.attributes if span.resource else {})
+    resource_attrs = _resource_attributes(span.resource)
     scope = span.instrumentation_scope
     links = list(span.links or [])
     events = list(span.events or [])

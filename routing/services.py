@@ -92,20 +92,9 @@ def policy_for(org_id: int, feature_id: int | None) -> Policy:
     return _policies.get((org_id, feature_id), lambda: _load_policy(org_id, feature_id))
 
 
-class _NotMemoized(Exception):
-    pass
-
-
-def _not_memoized() -> Policy:
-    raise _NotMemoized
-
-
 def memoized_policy(org_id: int, feature_id: int | None) -> Policy | None:
     """The policy when this process has it memoized (no database: safe on the event loop), else None."""
-    try:
-        return _policies.get((org_id, feature_id), _not_memoized)
-    except _NotMemoized:
-        return None
+    return _policies.peek((org_id, feature_id))
 
 
 @dataclass(frozen=True)

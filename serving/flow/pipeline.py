@@ -81,52 +81,65 @@ class EmbeddingsOutcome:
 # ----------------------------------------------------------------- stages
 
 
-@dataclass
-class _StageGroup:
-    """Stages run together: one coroutine, or consecutive blocking functions in one thread-pool trip."""
+@dataclass(frozen=True)
+class _Stage:
+    """One stage module: its ``run(ctx)`` (a coroutine function, or a blocking function for the thread pool)
+    and, where it has one, its ``run_in_memory(ctx) -> bool``: the stage finished without I/O (True), or
+    nothing changed and ``run`` is needed (False). That never blocks, so it runs on the event loop, or on the
+    pool thread of the blocking stage before it: most requests then cross to the thread pool once for all
+    the stages before the generation instead of once per blocking stage."""
 
-    runs: list[Callable] = field(default_factory=list)
-    blocking: bool = False
-
-    def __post_init__(self):
-        self._on_thread_pool = on_thread_pool(self._run_blocking)  # built once, not per request
-
-    async def __call__(self, ctx: RequestContext) -> None:
-        if not self.blocking:
-            await self.runs[0](ctx)
-            return
-        await self._on_thread_pool(ctx)
-
-    def _run_blocking(self, ctx: RequestContext) -> None:
-        for run in self.runs:
-            run(ctx)
+    run: Callable
+    blocking: bool
+    run_in_memory: Callable[[RequestContext], bool] | None
 
 
-_loaded: dict[tuple[str, ...], tuple[_StageGroup, ...]] = {}
+_loaded: dict[tuple[str, ...], tuple[_Stage, ...]] = {}
 
 
-def stage_groups(paths: list[str] | tuple[str, ...]) -> tuple[_StageGroup, ...]:
-    """The stage modules at ``paths`` (each with ``run(ctx)``), grouped for running."""
+def stages_at(paths: list[str] | tuple[str, ...]) -> tuple[_Stage, ...]:
+    """The stage modules at ``paths`` (each with ``run(ctx)``, some with ``run_in_memory(ctx)``)."""
     key = tuple(paths)
     if key not in _loaded:
-        groups: list[_StageGroup] = []
-        for path in key:
-            run = import_module(path).run
-            blocking = not inspect.iscoroutinefunction(run)
-            if blocking and groups and groups[-1].blocking:
-                groups[-1].runs.append(run)
-            else:
-                groups.append(_StageGroup([run], blocking))
-        _loaded[key] = tuple(groups)
+        modules = [import_module(path) for path in key]
+        _loaded[key] = tuple(_Stage(m.run, not inspect.iscoroutinefunction(m.run), getattr(m, "run_in_memory", None))
+                             for m in modules)
     return _loaded[key]
+
+
+def _blocking_from(ctx: RequestContext, stages: tuple[_Stage, ...], first: int) -> int:
+    """On a pool thread: the blocking stage ``first``, then each following stage that is blocking or
+    finishes in memory; returns the index of the first stage left for the event loop."""
+    stages[first].run(ctx)
+    at = first + 1
+    while at < len(stages) and not ctx.answered_early:
+        stage = stages[at]
+        if stage.blocking:
+            stage.run(ctx)
+        elif not (stage.run_in_memory is not None and stage.run_in_memory(ctx)):
+            return at
+        at += 1
+    return at
+
+
+_on_thread_pool_from = on_thread_pool(_blocking_from)  # built once, not per request
 
 
 async def _run_stages(ctx: RequestContext, paths) -> None:
     """The stages in order, until one has the answer (a replay, a cache hit); on any error the request is
     settled (hold released, refusal recorded) first."""
+    stages = stages_at(paths)
     try:
-        for group in stage_groups(paths):
-            await group(ctx)
+        at = 0
+        while at < len(stages):
+            stage = stages[at]
+            if stage.run_in_memory is not None and stage.run_in_memory(ctx):
+                at += 1
+            elif stage.blocking:
+                at = await _on_thread_pool_from(ctx, stages, at)
+            else:
+                await stage.run(ctx)
+                at += 1
             if ctx.answered_early:
                 return
     except BaseException:

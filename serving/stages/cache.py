@@ -79,13 +79,36 @@ def semantic_question(request: ChatCompletionRequest, max_tokens: int) -> tuple[
     return context, _text(last.text)
 
 
+def _directives(ctx: RequestContext):
+    try:
+        return caching.parse_cache_control(ctx.cache_control)
+    except caching.BadCacheControl as exc:
+        raise errors.InvalidRequest(str(exc), param="Cache-Control", code="invalid_value")
+
+
+def run_in_memory(ctx: RequestContext) -> bool:
+    """Finish the stage without I/O where the request is one the cache would neither answer nor keep
+    (most requests: not deterministic, or the policy has the caches off); False when it needs ``run``.
+
+    It never blocks, so the flow calls it on the event loop or on the thread of the stage before it.
+    """
+    if ctx.endpoint != CHAT:
+        return True
+    directives = _directives(ctx)
+    if not ((directives.may_read or directives.may_write) and is_deterministic(ctx.request)):
+        ctx.response_headers[HEADER] = BYPASS
+        return True
+    policy = caching.memoized_policy(ctx.tenant.org_id, ctx.tenant.feature_slug)
+    if policy is not None and not (policy.exact or policy.semantic):
+        ctx.response_headers[HEADER] = BYPASS
+        return True
+    return False
+
+
 async def run(ctx: RequestContext) -> None:
     if ctx.endpoint != CHAT:
         return
-    try:
-        directives = caching.parse_cache_control(ctx.cache_control)
-    except caching.BadCacheControl as exc:
-        raise errors.InvalidRequest(str(exc), param="Cache-Control", code="invalid_value")
+    directives = _directives(ctx)
     try:
         await _look_up(ctx, directives)
     except errors.OpenAIError:
@@ -104,7 +127,8 @@ async def _look_up(ctx: RequestContext, directives) -> None:
     request: ChatCompletionRequest = ctx.request
     scope = CacheScope.of(ctx.tenant)
     option = ctx.route.primary
-    policy = await on_thread_pool(caching.policy_for)(scope.org_id, scope.feature)
+    policy = (caching.memoized_policy(scope.org_id, scope.feature)
+              or await on_thread_pool(caching.policy_for)(scope.org_id, scope.feature))
     wanted = directives.may_read or directives.may_write
     if not (wanted and is_deterministic(request) and (policy.exact or policy.semantic)):
         ctx.response_headers[HEADER] = BYPASS

@@ -48,6 +48,11 @@ def _fingerprint(ctx: RequestContext) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def run_in_memory(ctx: RequestContext) -> bool:
+    """Done without I/O for a request that sent no Idempotency-Key."""
+    return ctx.idempotency_key is None
+
+
 def run(ctx: RequestContext) -> None:
     if ctx.idempotency_key is None:
         return

@@ -124,15 +124,36 @@ def may_save(messages: tuple[ChatMessage, ...], policy: TokenPolicy) -> bool:
             or ("history" in steps and most_tokens > policy.history_budget))
 
 
+def _callers_policy(ctx: RequestContext, policy: TokenPolicy) -> TokenPolicy:
+    if ctx.token_steps is not None:  # the caller's X-Tollgate-Optimize may switch steps off, never on
+        policy = dataclasses.replace(policy, steps=policy.steps & ctx.token_steps)
+    return policy
+
+
+def run_in_memory(ctx: RequestContext) -> bool:
+    """Finish the stage without I/O where no step could save anything (most requests) and the policy is
+    memoized; False, having changed nothing, when it needs ``run``. Never blocks (the flow calls it on the
+    event loop or on the thread of the stage before it)."""
+    if ctx.endpoint != CHAT:
+        return True
+    tenant = ctx.tenant
+    memoized = routing.memoized_policy(tenant.org_id, tenant.feature_id)
+    if memoized is None:
+        return False
+    messages = ctx.request.to_chat_messages()
+    if may_save(messages, _callers_policy(ctx, token_policy(tenant.org_id, tenant.feature_id, memoized))):
+        return False
+    ctx.messages = optimization.with_verbosity(messages, ctx.request.verbosity)
+    return True
+
+
 async def run(ctx: RequestContext) -> None:
     if ctx.endpoint != CHAT:
         return
     tenant = ctx.tenant
     memoized = routing.memoized_policy(tenant.org_id, tenant.feature_id)
-    policy = (token_policy(tenant.org_id, tenant.feature_id, memoized) if memoized is not None
-              else await on_thread_pool(token_policy)(tenant.org_id, tenant.feature_id))
-    if ctx.token_steps is not None:  # the caller's X-Tollgate-Optimize may switch steps off, never on
-        policy = dataclasses.replace(policy, steps=policy.steps & ctx.token_steps)
+    policy = _callers_policy(ctx, token_policy(tenant.org_id, tenant.feature_id, memoized) if memoized is not None
+                             else await on_thread_pool(token_policy)(tenant.org_id, tenant.feature_id))
     messages = ctx.request.to_chat_messages()
     if not may_save(messages, policy):
         ctx.messages = optimization.with_verbosity(messages, ctx.request.verbosity)

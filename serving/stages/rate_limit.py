@@ -39,6 +39,11 @@ def estimated_tokens(ctx: RequestContext) -> int:
     return prompt + (output if output is not None else settings.TOLLGATE_DEFAULT_MAX_TOKENS)
 
 
+def run_in_memory(ctx: RequestContext) -> bool:
+    """Done without I/O for a request under no limit at all; False when the limits need the store."""
+    return not ratelimits.limits_for(ctx.tenant)
+
+
 def run(ctx: RequestContext) -> None:
     limits = ratelimits.limits_for(ctx.tenant)
     if not limits:

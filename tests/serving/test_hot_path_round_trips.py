@@ -1,0 +1,135 @@
+"""What one chat completion costs the gateway in I/O once its configuration is memoized, counted over real
+HTTP with the official client: PostgreSQL round trips, Redis round trips and thread-pool hops. The numbers
+are the documented ones (docs/architecture.md, "What a request costs the gateway"); a change that adds a
+round trip or a hop to every request fails here.
+
+The counts come from wrapping the client libraries' own entry points (psycopg's ``Cursor.execute``, redis-py's
+``execute_command`` and pipelines, asgiref's ``SyncToAsync``) for the length of a request: nothing of ours is
+replaced, only counted.
+"""
+
+import threading
+import time
+from collections import Counter
+from decimal import Decimal
+
+import psycopg
+import pytest
+import redis
+from asgiref.sync import SyncToAsync
+
+from budgets.models import Budget
+from core import memo
+from metering.models import UsageRecord
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class IOCounter:
+    def __init__(self, monkeypatch):
+        self.counts = Counter()
+        self.statements: list[str] = []
+        self._lock = threading.Lock()
+        self.on = False
+        counter = self
+
+        def counted(kind, original):
+            def wrapper(*args, **kwargs):
+                if counter.on:
+                    with counter._lock:
+                        counter.counts[kind] += 1
+                        if kind in ("postgres", "redis"):
+                            counter.statements.append(f"{kind}: {str(args[1])[:80]}")
+                return original(*args, **kwargs)
+            return wrapper
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted("postgres", psycopg.Cursor.execute))
+        monkeypatch.setattr(redis.Redis, "execute_command", counted("redis", redis.Redis.execute_command))
+        monkeypatch.setattr(redis.client.Pipeline, "execute", counted("redis", redis.client.Pipeline.execute))
+        original_call = SyncToAsync.__call__
+
+        def hop(self_, *args, **kwargs):
+            if counter.on:
+                with counter._lock:
+                    counter.counts["hops"] += 1
+            return original_call(self_, *args, **kwargs)
+
+        monkeypatch.setattr(SyncToAsync, "__call__", hop)
+
+    def measure(self, fn):
+        self.counts.clear()
+        self.statements.clear()
+        self.on = True
+        try:
+            fn()
+        finally:
+            self.on = False
+        return dict(self.counts)
+
+
+def _drain_invalidations():
+    """Wait until this process's listener has handled every memo invalidation published so far (saving a
+    key publishes one; arriving after the warm-up it would drop the memoized key mid-measurement). Redis
+    delivers one publisher's messages in order, so once a probe published after them arrives, they have."""
+    assert memo.subscribed.wait(10)
+    probe = memo.Memo("round-trip test probe", shared=True)
+    before = probe._generation
+    memo.invalidate_everywhere(probe, "probe")  # drops it here at once (a generation), then publishes
+    deadline = time.monotonic() + 10
+    while probe._generation < before + 2:  # the listener's drop is the second
+        assert time.monotonic() < deadline, "the memo invalidation listener never caught up"
+        time.sleep(0.01)
+
+
+def _warm_up(client, **extra):
+    """Memoize the key, prices, budgets and policies (the listener drops shared memos when it subscribes)."""
+    _ask(client, **extra)
+    _drain_invalidations()
+    _ask(client, **extra)
+
+
+def _ask(client, **extra):
+    return client.chat.completions.create(model="tollgate-mini", messages=[{"role": "user", "content": "Hi"}],
+                                          max_tokens=4, **extra)
+
+
+@pytest.fixture
+def io(monkeypatch, settings):
+    settings.TOLLGATE_CONFIG_CACHE_TTL_S = 600  # memos that outlive a slow machine's warm-up
+    return IOCounter(monkeypatch)
+
+
+def test_a_request_under_a_budget_is_two_database_round_trips_and_two_hops(openai_client, tenant, io):
+    Budget.objects.create(organization=tenant.org, amount=Decimal("50"), action=Budget.Action.BLOCK)
+    _warm_up(openai_client)
+    for _ in range(3):
+        counts = io.measure(lambda: _ask(openai_client))
+        # The budget hold, then the ledger row with the settlement: each one transaction in one round trip.
+        assert counts.get("postgres", 0) == 2, io.statements
+        assert counts.get("redis", 0) == 0, io.statements
+        # One hop for every stage before the generation (route and the hold), one for the settlement.
+        assert counts.get("hops", 0) == 2, io.statements
+    assert UsageRecord.objects.filter(organization=tenant.org).count() == 5
+
+
+def test_a_rate_limited_key_adds_one_redis_round_trip_and_no_hop(openai_client, tenant, io):
+    tenant.key.requests_per_minute = 1000
+    tenant.key.save()
+    Budget.objects.create(organization=tenant.org, amount=Decimal("50"), action=Budget.Action.BLOCK)
+    _warm_up(openai_client)
+    counts = io.measure(lambda: _ask(openai_client))
+    assert counts.get("redis", 0) == 1, io.statements  # the admission script: every limit checked and counted at once
+    assert counts.get("postgres", 0) == 2, io.statements
+    assert counts.get("hops", 0) == 2, io.statements
+
+
+def test_a_deterministic_request_looks_in_the_cache_on_the_same_hop(openai_client, tenant, io, settings):
+    settings.TOLLGATE_CACHE = True
+    settings.TOLLGATE_SEMANTIC_CACHE = False
+    _warm_up(openai_client, temperature=0)
+    counts = io.measure(lambda: _ask(openai_client, temperature=0))  # a hit now
+    assert counts.get("hops", 0) == 3, io.statements  # route, the cache lookup, the settlement (no hold)
+    # The lookup (one read of the entry, one of its purge generations) and the check that the key which
+    # wrote the entry is still active, then the settlement.
+    assert counts.get("redis", 0) == 2, io.statements
+    assert counts.get("postgres", 0) == 2, io.statements
