@@ -68,6 +68,7 @@ class PoolSignals:
     busy_share: float
     capacity_per_replica: int = 0  # requests one replica runs at once (0: unknown)
     backlog_tokens: int = 0  # tokens of work accepted and not yet generated (batch pools)
+    engine_busy_share: float = 0.0  # share of wall time the engines spent in forward steps (shown, not used)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,8 @@ def read_engine_metrics(text: str) -> dict[str, float]:
         "vllm:prefix_cache_hits": "prefix_cache_hits",
         "vllm:prompt_tokens": "prompt_tokens",
         "vllm:generation_tokens": "generation_tokens",
+        # Tollgate's CPU worker also says how long its forward steps took (vLLM does not): the busy share.
+        "tollgate:engine_busy_seconds": "busy_seconds",
     }
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
