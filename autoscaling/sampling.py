@@ -90,9 +90,10 @@ def observe_ledger_row(sender, record, **kwargs) -> None:
 class Sampler:
     """Builds this process's samples; keeps the counters of the previous one to turn them into rates."""
 
-    def __init__(self, process_id: str = PROCESS_ID, window: LatencyWindow = latencies):
+    def __init__(self, process_id: str = PROCESS_ID, window: LatencyWindow = latencies, clock=time.monotonic):
         self.process_id = process_id
         self.window = window
+        self.clock = clock  # seconds, monotonic: rates are counter deltas over its deltas
         self._last: dict[str, tuple[float, float]] = {}  # counter key -> (monotonic time, value)
 
     def _rate(self, key: str, value: float, now: float) -> float:
@@ -108,7 +109,7 @@ class Sampler:
             from serving.pools import pool_snapshots
 
             snapshots = pool_snapshots()
-        mono = time.monotonic()
+        mono = self.clock()
         window_s = settings.TOLLGATE_AUTOSCALE_WINDOW_S
         pools = {}
         for p in snapshots:
@@ -123,7 +124,8 @@ class Sampler:
                     "running": e.get("running"),
                     "waiting": e.get("waiting"),
                     "kv_cache_usage": e.get("kv_cache_usage"),
-                    "tokens_per_s": self._rate(f"tok:{key}", tokens, mono) if tokens else 0.0,
+                    "tokens_per_s": (self._rate(f"tok:{key}", tokens, mono)
+                                     if "prompt_tokens" in e or "generation_tokens" in e else 0.0),
                     "busy_share": (min(1.0, self._rate(f"busy:{key}", e["busy_seconds"], mono))
                                    if "busy_seconds" in e else None),
                 }
