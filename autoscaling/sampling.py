@@ -124,9 +124,9 @@ class Sampler:
                     "running": e.get("running"),
                     "waiting": e.get("waiting"),
                     "kv_cache_usage": e.get("kv_cache_usage"),
-                    "tokens_per_s": (self._rate(f"tok:{key}", tokens, mono)
+                    "tokens_per_s": (self._rate(f"tok:{p.name}:{key}", tokens, mono)
                                      if "prompt_tokens" in e or "generation_tokens" in e else 0.0),
-                    "busy_share": (min(1.0, self._rate(f"busy:{key}", e["busy_seconds"], mono))
+                    "busy_share": (min(1.0, self._rate(f"busy:{p.name}:{key}", e["busy_seconds"], mono))
                                    if "busy_seconds" in e else None),
                 }
             ttfts, waits = self.window.recent(p.name, window_s)
