@@ -106,6 +106,8 @@ class Sampler:
     def sample(self, snapshots=None, now: datetime | None = None) -> dict:
         """A plain-data sample of every pool this process runs (``snapshots``: serving.pools.pool_snapshots())."""
         if snapshots is None:
+            # Here, not at the top: processes that only combine (a Celery worker, /metrics) never load
+            # serving's engines.
             from serving.pools import pool_snapshots
 
             snapshots = pool_snapshots()
