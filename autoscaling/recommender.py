@@ -33,7 +33,10 @@ The rule, in order (each step's outcome goes into ``Decision.reason`` in plain w
    Kubernetes HPA's), never below what the SLO needs now, and at most ``max_step_down`` at a time
    (None: in one step). Nothing
    is scaled down while replicas warm.
-6. **Steps and bounds.** A scale-up adds at most ``max_step_up`` replicas at a time; the result is clamped
+6. **Running above the desired count** (a scale-down still terminating, a manual scale): when the load
+   is past the band for the desired count, the desired count rises to what it needs, up to what runs
+   (nothing is ordered, so no cooldown).
+7. **Steps and bounds.** A scale-up adds at most ``max_step_up`` replicas at a time; the result is clamped
    to ``[min_replicas, max_replicas]`` (a count outside them is corrected at once, whatever the cooldown).
 """
 
@@ -272,6 +275,14 @@ def recommend(signals: PoolSignals, slo: PoolSLO, policy: ScalingPolicy,
         if wanted > step:
             words.append(f"needs {wanted}, step {policy.max_step_up}")
         return done(step, "up")
+
+    if (previous < effective and need.replicas > previous
+            and need.occupancy / max(1, previous) > target * (1 + band)):
+        # More replicas run than were asked for (a scale-down still terminating, or a manual scale) and the
+        # load, past the band, needs some of them: keep those. Nothing new is ordered: no cooldown applies.
+        keep = min(need.replicas, effective)
+        words.append(f"needs {keep} of the {effective} running")
+        return done(keep, "up")
 
     underloaded = (effective > 0 and need.occupancy / max(1, signals.replicas) < target * (1 - band)
                    and need.replicas < previous and warming == 0)

@@ -158,6 +158,13 @@ def test_scale_up_cooldown_spaces_orders():
     assert first.changed and not soon.changed and "cooldown" in soon.reason and later.changed
 
 
+def test_replicas_still_running_above_the_desired_count_are_kept_when_the_load_needs_them():
+    # Desired went down to 3; 6 still run (terminating) when the load comes back to 4.2 replicas' worth.
+    decision, state = recommend(signals(0, 6, busy=0.7), SLO, POLICY, RecommenderState(desired=3))
+    assert decision.changed and decision.desired == 6 and not state.warming
+    assert "needs 6 of the 6 running" in decision.reason
+
+
 @pytest.mark.parametrize("bad", [dict(min_replicas=3, max_replicas=2), dict(target_busy_share=0),
                                  dict(hysteresis=1.0), dict(max_step_up=0)])
 def test_nonsense_policies_are_refused(bad):
