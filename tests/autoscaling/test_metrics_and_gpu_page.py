@@ -92,10 +92,12 @@ def test_desired_replicas_over_time_steps_through_the_changes(published):
     assert counts[0] > 1 and counts[-1] == counts[0]
 
 
-def test_in_multiprocess_mode_the_gauges_come_from_the_shared_store(client, published, settings, tmp_path):
+def test_in_multiprocess_mode_the_gauges_come_from_the_shared_store(client, published, settings, tmp_path,
+                                                                      monkeypatch):
     # prometheus-client's multiprocess mode merges per-process files of counters; the pool gauges are not
     # among them: they are read from the shared cache at scrape time, so any process reports them all.
     settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # prometheus-client reads it itself
     PoolScaling.objects.create(pool="interactive", min_replicas=1, max_replicas=4, desired_replicas=2)
     text = client.get("/metrics").content.decode()
     assert gauge(text, "tollgate_pool_desired_replicas", "interactive") == 2
