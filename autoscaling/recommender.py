@@ -158,7 +158,8 @@ def _occupancy(s: PoolSignals) -> tuple[float, list[str]]:
     return occ, words
 
 
-def _replicas_for_slo(s: PoolSignals, slo: PoolSLO, policy: ScalingPolicy, warming: int) -> tuple[int, bool, bool, list[str]]:
+def _replicas_for_slo(s: PoolSignals, slo: PoolSLO, policy: ScalingPolicy,
+                      warming: int) -> tuple[int, bool, bool, list[str]]:
     """Replicas the SLO needs, whether it is broken, whether it has room for fewer replicas, and words."""
     words: list[str] = []
     need, broken, room = 0, False, True
@@ -264,7 +265,8 @@ def recommend(signals: PoolSignals, slo: PoolSLO, policy: ScalingPolicy,
     if overloaded or need.slo_broken:
         wanted = max(need.replicas, effective + 1 if need.slo_broken else 0)
         if _since(at, state.last_up_at) < policy.scale_up_cooldown_s:
-            words.append(f"scale-up cooldown ({_fmt(policy.scale_up_cooldown_s - _since(at, state.last_up_at))} s left)")
+            left = policy.scale_up_cooldown_s - _since(at, state.last_up_at)
+            words.append(f"scale-up cooldown ({_fmt(left)} s left)")
             return done(previous, "hold", low_since=None, low_peak=0)
         step = min(wanted, effective + policy.max_step_up)
         if step > policy.max_replicas:

@@ -17,7 +17,6 @@ process's recent values, never averaged.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import socket
@@ -32,7 +31,6 @@ from django.core.cache import cache
 
 from .recommender import PoolSignals
 
-logger = logging.getLogger(__name__)
 
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 INDEX_KEY = "autoscale:processes"

@@ -66,5 +66,6 @@ def test_the_embedded_server_samples_its_pools_and_recommends(tmp_path):
         server.terminate()
         server.wait(15)
     out = manage("shell", "-c", "from autoscaling.models import PoolScaling; "
-                                "p = PoolScaling.objects.get(pool='interactive'); print(p.decided_at, '|', p.last_reason)")
+                                "p = PoolScaling.objects.get(pool='interactive'); "
+                                "print(p.decided_at, '|', p.last_reason)")
     assert "load" in out.stdout and "None" not in out.stdout.split("|")[0]

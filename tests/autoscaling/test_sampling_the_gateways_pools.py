@@ -28,5 +28,6 @@ def test_requests_to_the_cpu_engine_show_in_the_interactive_pools_signals(openai
     assert s.capacity_per_replica > 0 and s.queue_depth == 0
     assert 0 < s.engine_busy_share <= 1  # the CPU engine's forward steps took time
     cpu = next(r for p in pool_snapshots() if p.name == "interactive" for r in p.replicas)
-    assert {"running", "waiting", "kv_cache_usage", "prompt_tokens", "generation_tokens", "busy_seconds"} <= set(cpu.engine)
+    assert {"running", "waiting", "kv_cache_usage", "prompt_tokens", "generation_tokens",
+            "busy_seconds"} <= set(cpu.engine)
     cache.delete(sampling.INDEX_KEY)
