@@ -32,7 +32,14 @@ from django.core.cache import cache
 from .recommender import PoolSignals
 
 
-PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+_BOOT = uuid.uuid4().hex[:8]  # a restarted process with a recycled pid is still a new one
+
+
+def current_process_id() -> str:
+    # Read at each call, not at import: a server that forks its workers after importing (gunicorn --preload)
+    # gives each its own pid.
+    return f"{socket.gethostname()}:{os.getpid()}:{_BOOT}"
+
 INDEX_KEY = "autoscale:processes"
 SAMPLE_KEY = "autoscale:sample:{}"
 LATENCIES_KEPT = 256  # per pool and process: enough for a p95, small enough for every sample
@@ -88,8 +95,8 @@ def observe_ledger_row(sender, record, **kwargs) -> None:
 class Sampler:
     """Builds this process's samples; keeps the counters of the previous one to turn them into rates."""
 
-    def __init__(self, process_id: str = PROCESS_ID, window: LatencyWindow = latencies, clock=time.monotonic):
-        self.process_id = process_id
+    def __init__(self, process_id: str | None = None, window: LatencyWindow = latencies, clock=time.monotonic):
+        self.process_id = process_id or current_process_id()
         self.window = window
         self.clock = clock  # seconds, monotonic: rates are counter deltas over its deltas
         self._last: dict[str, tuple[float, float]] = {}  # counter key -> (monotonic time, value)
