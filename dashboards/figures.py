@@ -275,6 +275,18 @@ def queue_wait_over_time(by_pool: dict) -> go.Figure:
     return _say_when_empty(fig, not by_pool, "No attempt queued for a pool in this period")
 
 
+def desired_replicas_over_time(by_pool: dict) -> go.Figure:
+    """Each pool's desired replica count (the autoscaler's decisions) as a step line over the period."""
+    traces = [go.Scatter(x=[t for t, _ in points], y=[n for _, n in points], mode="lines", line_shape="hv",
+                         name=pool, line=dict(color=_SERIES[i % len(_SERIES)], width=2),
+                         hovertemplate=f"{pool}<br>" + "%{x|%b %d %H:%M}: %{y} replicas<extra></extra>")
+              for i, (pool, points) in enumerate(sorted(by_pool.items()))]
+    fig = go.Figure(traces)
+    fig.update_layout(title="Desired replicas (autoscaler)",
+                      **dict(_LAYOUT, yaxis=dict(gridcolor="#e5e7eb", rangemode="tozero", dtick=1)))
+    return _say_when_empty(fig, not by_pool, "The autoscaler changed no pool in this period")
+
+
 def routed_share_by_tier_over_time(routing, first_day: date, last_day: date, tz: str) -> go.Figure:
     """Per day, the share of `model: "auto"` requests each tier answered (stacked to 100 %)."""
     by_day = {r.key: r for r in routing.by_day}

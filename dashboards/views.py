@@ -11,6 +11,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
+from autoscaling.services import desired_over_time, pool_overview
 from budgets.services import budget_statuses
 from metering import queries
 from metering.costs import chargeback_mode
@@ -407,8 +408,9 @@ def staff_gpu(request):
         "gpu-utilization-over-time": figures.pool_utilization_over_time(
             queries.pool_utilization_by_hour(view.start, view.end)),
         "queue-wait-over-time": figures.queue_wait_over_time(queries.queue_wait_by_hour(view.start, view.end)),
+        "desired-replicas-over-time": figures.desired_replicas_over_time(desired_over_time(view.start, view.end)),
         **{f"gpu-{r.statement.pool}": figures.gpu_charges(r) for r in reports},
     }
     return render(request, "dashboards/gpu.html", {
         **context, "reports": [{"report": r, "chart": f"gpu-{r.statement.pool}"} for r in reports],
-        "replicas": replica_states(), "charts": _charts(charts)})
+        "replicas": replica_states(), "autoscaling": pool_overview(), "charts": _charts(charts)})

@@ -16,12 +16,14 @@ from __future__ import annotations
 import threading
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
 from tenants.models import Organization
 
 from .models import UsageRecord
+from .signals import ledger_row_observed
 
 REQUESTS = Counter("tollgate_requests", "Settled gateway attempts.", ["org", "model", "status"])
 TOKENS = Counter("tollgate_tokens", "Tokens processed.", ["org", "model", "token_type"])
@@ -70,10 +72,12 @@ def observe_usage(record) -> None:
         CACHE_HITS.labels(org, model).inc()
     if record.status in ("error", "refused"):
         ERRORS.labels(org, model, record.error_code or record.status).inc()
+    ledger_row_observed.send(sender=UsageRecord, record=record)
 
 
 def render_metrics(*, per_org: bool) -> bytes:
-    """The exposition text: this process's (or all processes') counters plus the outbox depth.
+    """The exposition text: this process's (or all processes') counters plus the outbox depth and the
+    collectors of TOLLGATE_METRICS_EXTRA_COLLECTORS.
 
     ``per_org=False`` leaves out every series with an ``org`` label: what each tenant spends is not for
     whoever can reach /metrics (metering.views decides).
@@ -85,6 +89,8 @@ def render_metrics(*, per_org: bool) -> bytes:
         from prometheus_client import REGISTRY as registry
     outbox = CollectorRegistry()
     outbox.register(_OutboxCollector(UsageRecord.objects.filter(shipped_at__isnull=True).count()))
+    for path in settings.TOLLGATE_METRICS_EXTRA_COLLECTORS:  # read at scrape time, like the outbox
+        outbox.register(import_string(path)())
     return generate_latest(registry if per_org else _WithoutOrgSeries(registry)) + generate_latest(outbox)
 
 

@@ -87,6 +87,7 @@ class PoolRuntime:
         self.max_in_flight = max(1, config.max_in_flight_per_replica * max(1, replicas))
         self.max_queue = config.max_queue
         self.in_flight = 0
+        self.admitted_total = 0  # requests let in since start (the autoscaler's request rate)
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
         self._lock = threading.Lock()
         self._service_s = 1.0  # moving average of how long an admitted request holds its slot
@@ -106,9 +107,11 @@ class PoolRuntime:
         with self._lock:
             if self.in_flight < self.max_in_flight and not self._waiters:
                 self.in_flight += 1
+                self.admitted_total += 1
                 return 0.0
             if len(self._waiters) >= self.max_queue:
                 raise PoolQueueFull(self.name, self.retry_after_s())
+            self.admitted_total += 1  # counted on arrival: a request that waits is demand all the same
             loop = asyncio.get_running_loop()
             waiter = (loop, loop.create_future())
             self._waiters.append(waiter)
@@ -180,6 +183,22 @@ class ReplicaRuntime:
     @property
     def load(self) -> float:
         return self.outstanding + self.metrics.get("waiting", 0.0)
+
+    def engine_stats(self) -> dict[str, float]:
+        """The engine's own numbers under the names ``read_engine_metrics`` gives a remote worker's: running,
+        waiting, kv_cache_usage, prompt_tokens, generation_tokens, busy_seconds (what the engine knows)."""
+        if self.url:
+            return dict(self.metrics)
+        stats = getattr(self.engine, "stats", None)
+        if callable(stats):  # the in-process CPU engine: its scheduler's counters
+            s = stats()
+            return {"running": float(s.get("running", 0)), "waiting": float(s.get("waiting", 0)),
+                    "kv_cache_usage": float(s.get("kv_cache_usage", 0.0)),
+                    "prompt_tokens": float(s.get("prompt_tokens_total", 0)),
+                    "generation_tokens": float(s.get("generation_tokens_total", 0)),
+                    "busy_seconds": float(s.get("busy_seconds", 0.0))}
+        busy = getattr(self.engine, "busy_seconds", None)  # the in-process embedder: forward-pass time only
+        return {"busy_seconds": float(busy)} if isinstance(busy, (int, float)) else {}
 
     def record_failure(self, exc: EngineError) -> None:
         """A request failed on this replica: its breaker counts it; an unreachable replica is taken out."""
@@ -589,6 +608,47 @@ def replica_states() -> list[ReplicaState]:
                                        circuit_opened=r.breaker.times_opened,
                                        probe_in_s=r.breaker.seconds_until_probe()))
     return states
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    label: str
+    url: str  # blank: the in-process engine of this process
+    healthy: bool
+    outstanding: int
+    engine: dict  # ReplicaRuntime.engine_stats()
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """One pool as this web process sees it now: its admission queue and its distinct replicas."""
+
+    name: str
+    kind: str
+    max_in_flight_per_replica: int
+    in_flight: int
+    waiting: int
+    admitted_total: int
+    replicas: tuple[ReplicaSnapshot, ...]
+
+
+def pool_snapshots() -> list[PoolSnapshot]:
+    """Every pool's admission state and replicas (each replica once, though several models share it)."""
+    topology = pool_topology()
+    # Keyed by label: deployments of one pool on the same worker (or the in-process engine) share it.
+    replicas_of: dict[str, dict[str, ReplicaRuntime]] = {name: {} for name in topology.pools}
+    for deployment in topology.deployments.values():
+        for r in deployment.replicas:
+            replicas_of.setdefault(deployment.pool.name, {}).setdefault(r.label, r)
+    out = []
+    for name, pool in sorted(topology.pools.items()):
+        reps = sorted(replicas_of.get(name, {}).values(), key=lambda r: r.label)
+        out.append(PoolSnapshot(
+            name=name, kind=pool.config.kind, max_in_flight_per_replica=pool.config.max_in_flight_per_replica,
+            in_flight=pool.in_flight, waiting=pool.waiting, admitted_total=pool.admitted_total,
+            replicas=tuple(ReplicaSnapshot(label=r.label, url=r.url, healthy=r.healthy, outstanding=r.outstanding,
+                                           engine=r.engine_stats()) for r in reps)))
+    return out
 
 
 def served_model_names() -> set[str]:

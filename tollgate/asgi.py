@@ -23,6 +23,11 @@ if settings.TOLLGATE_INPROCESS_SHIPPER:
 
     start_inprocess_shipper()
 
+# Every web process samples its pools for the autoscaler (TOLLGATE_AUTOSCALE_SAMPLE_S; 0: off).
+from autoscaling.background import start_sampler  # noqa: E402
+
+start_sampler()
+
 # /static/ is served by WhiteNoise's middleware inside Django (TOLLGATE_SERVE_STATIC, settings.py).
 site_application = django_application
 

@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "routing",
     "caching",
     "serving",
+    "autoscaling",
     "batches",
     "dashboards",
     "demo",
@@ -261,6 +262,9 @@ TOLLGATE_METRICS_PER_ORG = env_bool("TOLLGATE_METRICS_PER_ORG", False)
 # Several web processes: an empty folder (wiped at deploy) where prometheus-client keeps per-process
 # counters that /metrics merges (metering/metrics.py). Unset: each process reports its own.
 PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", "")
+# Collectors other apps add to /metrics (dotted paths to classes with collect()), read at scrape time: apps above
+# metering (the autoscaling gauges) plug in here, so metering never imports them.
+TOLLGATE_METRICS_EXTRA_COLLECTORS = ["autoscaling.metrics.AutoscalingCollector"]
 
 # --- Processes ----------------------------------------------------------------
 # Where `manage.py serve` listens (seed_demo prints its addresses with PORT) and uvicorn's log level there.
@@ -443,6 +447,19 @@ CELERY_BEAT_SCHEDULE["budget-forecasts"] = {"task": "budgets.tasks.check_forecas
                                             "schedule": TOLLGATE_FORECAST_CHECK_INTERVAL_S}
 CELERY_BEAT_SCHEDULE["budget-stale-reservations"] = {"task": "budgets.tasks.release_stale_reservations",
                                                      "schedule": 60.0}
+# --- Autoscaling (autoscaling/, docs/operations.md) ---------------------------
+# Each web process samples its pools every SAMPLE_S seconds (0: no sampler) into the cache shared by processes;
+# the recommendation runs every INTERVAL_S (beat; without a broker, from one web process's sampler); p95s and
+# rates cover the last WINDOW_S seconds.
+TOLLGATE_AUTOSCALE_SAMPLE_S = float(env("TOLLGATE_AUTOSCALE_SAMPLE_S", "5"))
+TOLLGATE_AUTOSCALE_INTERVAL_S = float(env("TOLLGATE_AUTOSCALE_INTERVAL_S", "15"))
+TOLLGATE_AUTOSCALE_WINDOW_S = float(env("TOLLGATE_AUTOSCALE_WINDOW_S", "60"))
+# A pool whose policy names a Kubernetes Deployment gets its desired count patched there; as the API server's
+# dry run (nothing persisted) unless this is false. The kubeconfig used outside a cluster (empty: the default).
+TOLLGATE_AUTOSCALE_KUBERNETES_DRY_RUN = env_bool("TOLLGATE_AUTOSCALE_KUBERNETES_DRY_RUN", True)
+TOLLGATE_KUBECONFIG = env("TOLLGATE_KUBECONFIG", "")
+CELERY_BEAT_SCHEDULE["autoscale-recommend"] = {"task": "autoscaling.tasks.recommend_replicas",
+                                               "schedule": TOLLGATE_AUTOSCALE_INTERVAL_S}
 # Alert email. Without EMAIL_HOST alerts are printed to the console (embedded default).
 EMAIL_HOST = env("EMAIL_HOST", "")
 EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST

@@ -98,10 +98,14 @@ def read_engine_metrics(text: str) -> dict[str, float]:
         "vllm:prefix_cache_hits": "prefix_cache_hits",
         "vllm:prompt_tokens": "prompt_tokens",
         "vllm:generation_tokens": "generation_tokens",
+        # Tollgate's CPU worker also says how long its forward steps took (vLLM does not): the busy share.
+        "tollgate:engine_busy_seconds": "busy_seconds",
     }
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        key = wanted.get(family.name)
+        # prometheus-client's parser does not join a counter's `_total` samples to its TYPE line when the
+        # name has a colon (vLLM's do): they come as a family of their own, named with the suffix.
+        key = wanted.get(family.name) or wanted.get(family.name.removesuffix("_total"))
         if key is None:
             continue
         for sample in family.samples:

@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
+from autoscaling.models import PoolScaling
 from budgets.models import Budget
 from metering.costs import charge_for_attempt
 from metering.models import CatalogModel, ChargebackMode, Price, UsageRecord
@@ -49,6 +50,7 @@ class Command(BaseCommand):
             self._catalog()
             orgs = [self._org(*spec) for spec in ORGS]
             self._budgets()
+            self._autoscaling()
         keys = self._keys(orgs)
         history = self._history(orgs)
         port = settings.PORT
@@ -108,6 +110,12 @@ class Command(BaseCommand):
         globex_search = Feature.objects.get(organization__slug="globex", slug="search")
         Budget.objects.get_or_create(organization=globex_search.organization, feature=globex_search,
                                      defaults={"amount": Decimal("5.00")})
+
+    def _autoscaling(self):
+        # The embedded default has one in-process replica and nothing to scale; the policy makes the GPU page
+        # show the signals and what the recommender would ask a cluster for under the demo's load.
+        PoolScaling.objects.get_or_create(pool="interactive", defaults={
+            "min_replicas": 1, "max_replicas": 4, "ttft_p95_slo_s": 2.0, "warmup_s": 60, "scale_down_cooldown_s": 300})
 
     def _keys(self, orgs) -> dict[str, str]:
         """One demo key per org. Plaintexts live only in VAR_DIR so re-runs can print them again."""
