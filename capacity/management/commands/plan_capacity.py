@@ -53,18 +53,6 @@ class Command(BaseCommand):
             curve = load_curve(o["curve"] or settings.TOLLGATE_CAPACITY_CURVE)
         except CurveError as e:
             raise CommandError(f"bad curve: {e}") from None
-        started = time.monotonic()
-        if o["trace"]:
-            try:
-                trace = read_trace(o["trace"])
-            except TraceError as e:
-                raise CommandError(f"bad trace: {e}") from None
-            label = str(o["trace"])
-        else:
-            trace = diurnal_trace(days=o["days"], seed=o["seed"], peak_rps=o["peak_rps"],
-                                  batch_requests_per_day=o["batch_per_day"])
-            label = f"synthetic diurnal, {o['days']} day(s), seed {o['seed']}"
-        self.stderr.write(f"{len(trace)} requests ({label}); curve {curve.source}")
         try:
             if o["usd_per_replica_hour"]:
                 price, gpus, price_from = Decimal(o["usd_per_replica_hour"]), 1, "--usd-per-replica-hour"
@@ -78,6 +66,18 @@ class Command(BaseCommand):
             raise CommandError("--usd-per-replica-hour must be a decimal number >= 0") from None
         except ValueError as e:
             raise CommandError(str(e)) from None
+        started = time.monotonic()
+        if o["trace"]:
+            try:
+                trace = read_trace(o["trace"])
+            except TraceError as e:
+                raise CommandError(f"bad trace: {e}") from None
+            label = str(o["trace"])
+        else:
+            trace = diurnal_trace(days=o["days"], seed=o["seed"], peak_rps=o["peak_rps"],
+                                  batch_requests_per_day=o["batch_per_day"])
+            label = f"synthetic diurnal, {o['days']} day(s), seed {o['seed']}"
+        self.stderr.write(f"{len(trace)} requests ({label}); curve {curve.source}")
         inputs = PlanInputs(ttft_slo_s=o["ttft_slo"], step_s=o["step"], warmup_s=o["warmup"],
                             usd_per_replica_hour=price, batch_usd_per_replica_hour=batch_price, gpus_per_replica=gpus)
 
