@@ -34,7 +34,11 @@ def replicas_over_time(result: dict) -> go.Figure:
                               secondary_y=False)
     fig.update_layout(title="Replicas paid for vs demand (UTC)", **_LAYOUT)
     fig.update_yaxes(title_text="replicas", rangemode="tozero", gridcolor="#e5e7eb", secondary_y=False)
-    fig.update_yaxes(title_text="output tokens/s", rangemode="tozero", showgrid=False, secondary_y=True)
+    # A batch file arrives in minutes: its spike would flatten the day's curve, so the demand axis is sized
+    # to interactive traffic and the spike runs off the top (hover shows its value).
+    interactive = max(demand.get("interactive") or [0])
+    clip = dict(range=[0, interactive * 1.6]) if interactive else {}
+    fig.update_yaxes(title_text="output tokens/s arriving", showgrid=False, secondary_y=True, **clip)
     return fig
 
 

@@ -249,7 +249,10 @@ class _PoolSim:
             queue_depth=queue_depth, queue_wait_p95_s=wait_p95, running=running, waiting=0,
             kv_cache_usage=min(1.0, running / capacity), tokens_per_s=tokens / self.step_s,
             requests_per_s=len(waits) / self.step_s, ttft_p95_s=ttft_p95,
-            busy_share=min(1.0, slot_seconds / (capacity * self.step_s)) if ready else 0.0,
+            # The share of the ready replicas' token capacity (the curve's peak) that the step used. Not
+            # slots held over slots: a replica running few sequences runs each faster (the curve), so slot
+            # occupancy measured on many lightly loaded replicas understates what fewer would need.
+            busy_share=min(1.0, tokens / (ready * self.curve.peak_tokens_per_s * self.step_s)) if ready else 0.0,
             capacity_per_replica=self.cap, backlog_tokens=backlog,
         )
         decision, self.state = recommend(signals, slo, self.plan.policy, self.state)
