@@ -172,7 +172,7 @@ class _PoolSim:
             heapq.heappop(self.running)
         return len(self.running)
 
-    def step(self, t: float, progress_tokens: list[float]) -> None:
+    def step(self, t: float) -> None:
         end = t + self.step_s
         self._ready_now(t)
         ready = self._ready_count(t)
@@ -182,7 +182,6 @@ class _PoolSim:
         waits: list[float] = []
         ttfts: list[float] = []
         tokens = 0
-        slot_seconds = 0.0
         curve = self.curve
         while self.queue and self.slots:
             free_at, _, rid = self.slots[0]
@@ -202,7 +201,6 @@ class _PoolSim:
             replica.busy_until = max(replica.busy_until, finish)
             waits.append(admit - arrived)
             tokens += req.output_tokens
-            slot_seconds += finish - admit
             self.out.served += 1
             self.out.output_tokens += req.output_tokens
             if req.kind == "batch":
@@ -215,15 +213,14 @@ class _PoolSim:
                 self.out.ttfts.append(ttft)
                 self.out.interactive += 1
                 self.out.interactive_met += ttft <= self.ttft_slo_s
-        progress_tokens.append(tokens)
         running = self._busy(end)
         paid = len(self._live())
         self.out.timeline.append((t, ready, paid, len(self.queue), tokens / self.step_s))
         if self.plan.autoscaled:
-            self._decide(end, ready, running, waits, ttfts, tokens, slot_seconds)
+            self._decide(end, ready, running, waits, ttfts, tokens)
 
-    def _decide(self, end: float, ready: int, running: int, waits: list[float], ttfts: list[float], tokens: int,
-                slot_seconds: float) -> None:
+    def _decide(self, end: float, ready: int, running: int, waits: list[float], ttfts: list[float],
+                tokens: int) -> None:
         head_age = end - self.queue[0][0] if self.queue else 0.0
         capacity = max(1, ready) * self.cap
         backlog = sum(r.output_tokens for _, r in self.queue)
@@ -338,11 +335,11 @@ def simulate(trace: list[TraceRequest], curve: ReplicaCurve, scenario: Scenario,
         if r.kind in by_kind:
             routed[by_kind[r.kind]].append(r)
     sims = [_PoolSim(p, curve, routed[p.name], start, step_s, ttft_slo_s) for p in scenario.pools]
-    t, next_report, scratch = 0.0, progress_every_s, []
+    t, next_report = 0.0, progress_every_s
     limit = last + horizon_s
     while t < whole_days or (not all(s.done() for s in sims) and t < limit):
         for s in sims:
-            s.step(t, scratch)
+            s.step(t)
         t += step_s
         if progress and t >= next_report:
             progress(scenario.name, t, whole_days)

@@ -4,7 +4,6 @@ usage ledger; bad input is a CommandError that says what and where."""
 import json
 from datetime import datetime, timedelta, timezone
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command

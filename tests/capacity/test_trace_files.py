@@ -55,7 +55,7 @@ def test_a_bad_jsonl_line_is_refused_with_its_line_number(tmp_path, bad, words):
     with pytest.raises(TraceError) as e:
         read_trace(path)
     assert e.value.line == 3
-    assert f"line 3: " in str(e.value) and words in str(e.value)
+    assert "line 3: " in str(e.value) and words in str(e.value)
 
 
 def test_a_bad_csv_row_is_refused_with_its_line_number(tmp_path):
