@@ -86,7 +86,7 @@ class PoolOutcome:
     served: int = 0
     output_tokens: int = 0
     replica_seconds: float = 0.0
-    interactive: int = 0
+    interactive: int = 0  # requests of each kind routed here, served or not (attainment's denominators)
     interactive_met: int = 0
     batch: int = 0
     batch_met: int = 0
@@ -130,7 +130,9 @@ class _PoolSim:
         self._next_id = 0
         self.state: RecommenderState | None = None
         self.out = PoolOutcome(plan.name, plan.kind, plan.serves, plan.autoscaled, plan.usd_per_replica_hour,
-                               plan.gpus_per_replica, requests=len(requests))
+                               plan.gpus_per_replica, requests=len(requests),
+                               interactive=sum(r.kind != "batch" for r in requests),
+                               batch=sum(r.kind == "batch" for r in requests))
         for _ in range(plan.replicas):
             self._start_replica(0.0, warm=True)
 
@@ -204,14 +206,12 @@ class _PoolSim:
             self.out.served += 1
             self.out.output_tokens += req.output_tokens
             if req.kind == "batch":
-                self.out.batch += 1
                 deadline = (req.deadline - self.start).total_seconds() if req.deadline else math.inf
                 self.out.batch_met += finish <= deadline
             else:
                 ttft = admit - arrived + ttft_inside
                 ttfts.append(ttft)
                 self.out.ttfts.append(ttft)
-                self.out.interactive += 1
                 self.out.interactive_met += ttft <= self.ttft_slo_s
         running = self._busy(end)
         paid = len(self._live())

@@ -77,3 +77,11 @@ def test_more_sequences_at_once_run_each_slower_as_the_curve_says():
     # Both run at once on two slots; the second joins at concurrency 2 (75 tokens/s each): done at 2 s.
     assert pool.served == 2 and pool.ttfts == [0.0, 0.0]
     assert out.idle_share == 1 - 300 / (86400 * 150)
+
+
+def test_a_request_never_served_counts_against_attainment():
+    # No replica at all: nothing is served, and the requests still count (as misses), not vanish.
+    out = simulate([req(0), req(1, kind="batch")], ONE_SLOT, static(0), step_s=30, ttft_slo_s=1.0, horizon_s=600)
+    (pool,) = out.pools
+    assert pool.requests == 2 and pool.served == 0
+    assert out.interactive_attainment == 0 and out.batch_attainment == 0
