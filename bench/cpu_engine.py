@@ -19,13 +19,21 @@ and all of them constrained, interleaved the same way; throughput relative
 to the all-free run in the same process is the cost of constrained decoding.
 
     .venv/bin/python bench/cpu_engine.py [--model tollgate-small] [--max-tokens 64]
+
+``--curve-out FILE`` also writes the batched engine's curve (concurrency ->
+output tokens/s, TTFT p50/p95, request latency p50) as JSON: the replica
+model that ``manage.py plan_capacity --curve FILE`` replays demand through
+(capacity/curves.py reads it; a curve measured on a GPU worker has the same
+shape).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -108,7 +116,23 @@ def summarize(runs: list[dict]) -> dict:
         "p50": percentile(latencies, 0.50),
         "p99": percentile(latencies, 0.99),
         "ttft_p50": percentile([x for r in runs for x in r["ttfts"]], 0.50),
+        "ttft_p95": percentile([x for r in runs for x in r["ttfts"]], 0.95),
     }
+
+
+def write_curve(path: str, model: str, max_tokens: int, rows: list, threads: int) -> None:
+    """The batched engine's measured points, in the format capacity/curves.py reads."""
+    points = [{"concurrency": c, "requests": n, "tokens_per_s": round(b["tok_s"], 3),
+               "ttft_p50_s": round(b["ttft_p50"], 5), "ttft_p95_s": round(b["ttft_p95"], 5),
+               "latency_p50_s": round(b["p50"], 5)} for c, n, b, _ in rows]
+    curve = {"engine": "cpu", "model": model, "output_tokens_per_request": max_tokens,
+             "max_num_seqs": 32, "torch_threads": threads, "cpus": os.cpu_count(),
+             "machine": platform.processor() or platform.machine(),
+             "measured_by": "bench/cpu_engine.py", "points": points}
+    with open(path, "w") as f:
+        json.dump(curve, f, indent=1)
+        f.write("\n")
+    print(f"curve written to {path}", file=sys.stderr)
 
 
 async def main() -> None:
@@ -120,6 +144,7 @@ async def main() -> None:
     ap.add_argument("--min-requests", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per engine and level")
     ap.add_argument("--structured-levels", default="8,32", help="concurrency levels of the structured rows")
+    ap.add_argument("--curve-out", metavar="FILE", help="write the batched engine's curve (JSON) for plan_capacity")
     args = ap.parse_args()
 
     import torch
@@ -160,6 +185,9 @@ async def main() -> None:
             f"| {c} | {n} | {b['tok_s']:.0f} | {b['p50']:.3f} | {b['p99']:.3f} | {b['ttft_p50']:.3f} "
             f"| {s['tok_s']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | {b['tok_s'] / s['tok_s']:.2f}x |"
         )
+
+    if args.curve_out:
+        write_curve(args.curve_out, args.model, args.max_tokens, rows, torch.get_num_threads())
 
     # Structured output: the same batched engine, free vs half vs all constrained, interleaved.
     await run_level(batched, make_requests(args.model, 4, 8, "warm-json", constrained_every=1), 4)

@@ -10,6 +10,7 @@ urlpatterns = [
     path("staff/overview/", views.staff_overview, name="staff-overview"),
     path("staff/statements/", views.staff_statements, name="staff-statements"),
     path("staff/gpu/", views.staff_gpu, name="staff-gpu"),
+    path("staff/capacity/", views.staff_capacity, name="staff-capacity"),
     path("<slug:org_slug>/", views.org_dashboard, name="org"),
     path("<slug:org_slug>/statement/", views.org_statement, name="statement"),
     path("<slug:org_slug>/requests/", views.request_log, name="requests"),

@@ -13,6 +13,8 @@ from django.utils import timezone
 
 from autoscaling.services import desired_over_time, pool_overview
 from budgets.services import budget_statuses
+from capacity import figures as capacity_figures
+from capacity.services import latest_plan
 from metering import queries
 from metering.costs import chargeback_mode
 from metering.models import ChargebackMode
@@ -414,3 +416,21 @@ def staff_gpu(request):
     return render(request, "dashboards/gpu.html", {
         **context, "reports": [{"report": r, "chart": f"gpu-{r.statement.pool}"} for r in reports],
         "replicas": replica_states(), "autoscaling": pool_overview(), "charts": _charts(charts)})
+
+
+@login_required
+def staff_capacity(request):
+    """The latest capacity plan (manage.py plan_capacity): replicas over time per scenario against demand,
+    cost and SLO attainment by scenario. Staff only."""
+    if not request.user.is_staff:
+        raise PermissionDenied("Staff only.")
+    plan = latest_plan()
+    charts = capacity_figures.plan_figures(plan.result) if plan else {}
+
+    def pct(x):  # attainment near 100 % needs two decimals to tell scenarios apart
+        return "—" if x is None else f"{x * 100:.2f}%"
+
+    rows = [{**s, "idle": pct(s["idle_share"]), "interactive": pct(s["interactive_attainment"]),
+             "batch": pct(s["batch_attainment"])} for s in plan.result["scenarios"]] if plan else []
+    return render(request, "dashboards/capacity.html", {"plan": plan, "result": plan.result if plan else None,
+                                                        "rows": rows, "charts": _charts(charts)})

@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "serving",
     "autoscaling",
     "batches",
+    "capacity",
     "dashboards",
     "demo",
 ]
@@ -374,6 +375,10 @@ TOLLGATE_BATCH_TASK_PRIORITY = env_int("TOLLGATE_BATCH_TASK_PRIORITY", 9)
 # seconds) and tries again, this many tries in all, before it goes to the error file.
 TOLLGATE_BATCH_LINE_MAX_TRIES = env_int("TOLLGATE_BATCH_LINE_MAX_TRIES", 20)
 TOLLGATE_BATCH_LINE_MAX_WAIT_S = env_int("TOLLGATE_BATCH_LINE_MAX_WAIT_S", 30)
+# Capacity planning (capacity/, manage.py plan_capacity): the replica curve a plan replays demand through, and
+# what one replica-hour costs where no pool has a GPU rate (metering's PoolRate, $/GPU-hour x GPUs a replica).
+TOLLGATE_CAPACITY_CURVE = env("TOLLGATE_CAPACITY_CURVE", str(BASE_DIR / "bench" / "data" / "cpu_engine_curve.json"))
+TOLLGATE_CAPACITY_REPLICA_HOUR_USD = env("TOLLGATE_CAPACITY_REPLICA_HOUR_USD", "2.50")
 # Routes other apps add to the /v1 gateway (dotted paths to lists of Starlette routes), before its catch-all:
 # apps above serving (the Batch API) plug in here, so serving never imports them.
 TOLLGATE_GATEWAY_EXTRA_ROUTES = ["batches.api.routes"]
