@@ -335,11 +335,11 @@ def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key
 
 _COUNTERS = BudgetCounter._meta.db_table
 _RESERVATIONS = BudgetReservation._meta.db_table
-_LOCK_IN_ORDER = f"SELECT id FROM {_COUNTERS} WHERE id = ANY(%s) ORDER BY budget_id, window_start FOR UPDATE"
+_LOCK_IN_ORDER = f"SELECT id FROM {_COUNTERS} WHERE id = ANY(%s::bigint[]) ORDER BY budget_id, window_start FOR UPDATE"
 _RESERVE = f"""
 WITH held AS (
     UPDATE {_COUNTERS} SET reserved = reserved + %s, updated_at = %s
-    WHERE id = ANY(%s)
+    WHERE id = ANY(%s::bigint[])
     RETURNING id, budget_id, spent, reserved, window_start, window_end
 ), rows AS (
     INSERT INTO {_RESERVATIONS} (counter_id, request_id, amount, created_at)
@@ -351,16 +351,22 @@ FROM held JOIN rows ON rows.counter_id = held.id
 """
 _RELEASE = f"""
 WITH released AS (
-    DELETE FROM {_RESERVATIONS} WHERE id = ANY(%s) RETURNING counter_id, amount
+    DELETE FROM {_RESERVATIONS} WHERE id = ANY(%s::bigint[]) RETURNING counter_id, amount
 )
 UPDATE {_COUNTERS} AS c SET reserved = c.reserved - released.amount
 FROM released WHERE c.id = released.counter_id
 """
 
 
+def _ids(ids) -> str:
+    """Row ids as one PostgreSQL array literal (``{1,2}``), for ``ANY(%s::bigint[])``: psycopg builds a list
+    dumper for every list parameter of every statement, which cost more than the rest of the hold."""
+    return "{" + ",".join(str(int(i)) for i in ids) + "}"
+
+
 def _locking(counter_ids: list[int]) -> list[db.Statement]:
     # Several counters are locked in the fixed order first, so two requests never wait on each other in a cycle.
-    return [db.Statement(_LOCK_IN_ORDER, [counter_ids])] if len(counter_ids) > 1 else []
+    return [db.Statement(_LOCK_IN_ORDER, [_ids(counter_ids)])] if len(counter_ids) > 1 else []
 
 
 def _reserve_in_one_statement(request_id: str, budgets_by_id: dict[int, Budget], counter_ids: list[int],
@@ -381,7 +387,7 @@ def _reserve_in_one_statement(request_id: str, budgets_by_id: dict[int, Budget],
     # which writes the ledger row, keeps it.
     rows = db.run_transaction(
         [*_locking(counter_ids),
-         db.Statement(_RESERVE, [worst_case, timezone.now(), counter_ids, request_id, worst_case, at])],
+         db.Statement(_RESERVE, [worst_case, timezone.now(), _ids(counter_ids), request_id, worst_case, at])],
         synchronous_commit=False,
     )
     statuses = []
@@ -392,7 +398,7 @@ def _reserve_in_one_statement(request_id: str, budgets_by_id: dict[int, Budget],
     over = any(s.action == Budget.Action.BLOCK and s.spent + s.reserved + worst_case > s.amount for s in statuses)
     if len(rows) != len(counter_ids) or over or any(s.downgrading for s in statuses):
         if rows:
-            db.run_transaction([*_locking(counter_ids), db.Statement(_RELEASE, [[r[6] for r in rows]])])
+            db.run_transaction([*_locking(counter_ids), db.Statement(_RELEASE, [_ids(r[6] for r in rows)])])
         if len(rows) != len(counter_ids):  # a counter went away (budget deleted): re-read
             forget_cached_budgets()
         return None
@@ -410,13 +416,13 @@ def _reserve_in_one_statement(request_id: str, budgets_by_id: dict[int, Budget],
 
 _SETTLE = f"""
 WITH released AS (
-    DELETE FROM {_RESERVATIONS} WHERE id = ANY(%s) RETURNING counter_id, amount
+    DELETE FROM {_RESERVATIONS} WHERE id = ANY(%s::bigint[]) RETURNING counter_id, amount
 )
 UPDATE {_COUNTERS} AS c
 SET spent = c.spent + %s,
     reserved = c.reserved - COALESCE((SELECT SUM(r.amount) FROM released r WHERE r.counter_id = c.id), 0),
     updated_at = %s
-WHERE c.id = ANY(%s)
+WHERE c.id = ANY(%s::bigint[])
 RETURNING c.id, c.spent
 """
 
@@ -431,7 +437,7 @@ def settlement_statements(reservation: Reservation | None, cost: Decimal) -> lis
         return []
     counter_ids = [h.counter_id for h in reservation.held]
     return [*_locking(counter_ids),
-            db.Statement(_SETTLE, [list(reservation.reservation_ids), cost, timezone.now(), counter_ids])]
+            db.Statement(_SETTLE, [_ids(reservation.reservation_ids), cost, timezone.now(), _ids(counter_ids)])]
 
 
 def after_settlement(reservation: Reservation | None, cost: Decimal, rows: list[tuple]) -> Decimal | None:

@@ -135,12 +135,12 @@ def claim_batch(batch_size: int) -> uuid.UUID | None:
             "created_at", "event_id")
         if connection.features.has_select_for_update_skip_locked:
             pending = pending.select_for_update(skip_locked=True, of=("self",))
-        event_ids = list(pending.values_list("event_id", flat=True)[:batch_size])
-        if not event_ids:
-            return None
         batch = uuid.uuid4()
-        UsageRecord.objects.filter(event_id__in=event_ids).update(ship_batch=batch, ship_claimed_at=now)
-        return batch
+        # One UPDATE over a subquery: the ids never come back to Python (a list of 5,000 UUIDs passed back
+        # in as a filter cost the web process more CPU than the rest of shipping).
+        claimed = UsageRecord.objects.filter(event_id__in=pending.values("event_id")[:batch_size]).update(
+            ship_batch=batch, ship_claimed_at=now)
+        return batch if claimed else None
 
 
 def send_batch(batch: uuid.UUID) -> int:

@@ -66,7 +66,9 @@ def _attrs(attributes) -> dict[str, str]:
     # An SDK span's attributes are a BoundedAttributes mapping, whose items() goes key by key through the
     # Mapping ABC; its copy() is the underlying dict, iterated in C.
     items = attributes.copy().items() if hasattr(attributes, "copy") else attributes.items()
-    return {_text(k): _attr_value(v) for k, v in items}
+    # Most keys and values are ASCII text already: those skip the conversions (a few per span, every request).
+    return {(k if k.isascii() else _text(k)): (v if type(v) is str and v.isascii() else _attr_value(v))
+            for k, v in items}
 
 
 _resource_attrs: dict[int, tuple[object, dict[str, str]]] = {}
