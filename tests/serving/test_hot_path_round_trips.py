@@ -9,7 +9,6 @@ replaced, only counted.
 """
 
 import threading
-import time
 from collections import Counter
 from decimal import Decimal
 
@@ -19,7 +18,7 @@ import redis
 from asgiref.sync import SyncToAsync
 
 from budgets.models import Budget
-from core import memo
+from tests.invalidations import drain_invalidations
 from metering.models import UsageRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -67,24 +66,10 @@ class IOCounter:
         return dict(self.counts)
 
 
-def _drain_invalidations():
-    """Wait until this process's listener has handled every memo invalidation published so far (saving a
-    key publishes one; arriving after the warm-up it would drop the memoized key mid-measurement). Redis
-    delivers one publisher's messages in order, so once a probe published after them arrives, they have."""
-    assert memo.subscribed.wait(10)
-    probe = memo.Memo("round-trip test probe", shared=True)
-    before = probe._generation
-    memo.invalidate_everywhere(probe, "probe")  # drops it here at once (a generation), then publishes
-    deadline = time.monotonic() + 10
-    while probe._generation < before + 2:  # the listener's drop is the second
-        assert time.monotonic() < deadline, "the memo invalidation listener never caught up"
-        time.sleep(0.01)
-
-
 def _warm_up(client, **extra):
     """Memoize the key, prices, budgets and policies (the listener drops shared memos when it subscribes)."""
     _ask(client, **extra)
-    _drain_invalidations()
+    drain_invalidations()
     _ask(client, **extra)
 
 

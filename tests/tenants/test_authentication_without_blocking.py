@@ -5,9 +5,20 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from core.memo import clear_all_memos
 from tenants.services import AuthenticationFailed, WouldBlock, authenticate_api_key, revoke_api_key
+from tests.invalidations import drain_invalidations
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def listening(tenant):
+    """This process's memo invalidation listener subscribed, and every invalidation sent so far (the key's
+    creation) handled: either arriving mid-test would drop the memoized key the test is about."""
+    authenticate_api_key(f"Bearer {tenant.plaintext}")  # the first shared memo read starts the listener
+    drain_invalidations()
+    clear_all_memos()
 
 
 def test_a_memoized_key_is_checked_without_touching_the_database(tenant):
