@@ -29,6 +29,7 @@ The rule, in order (each step's outcome goes into ``Decision.reason`` in plain w
    deadline and not the window alone: re-evaluated every step with the full window, ``backlog / window``
    shrinks as the backlog does (an exponential decay, ``e^-1`` of the work still left after one window),
    while the time to the deadline shrinks too and keeps the pace up until the work is done.
+   Work already due is sized as if it had a minute left: in practice every replica the policy allows.
 4. **Hysteresis.** Scale up only when the load is past the target by the band
    (``occupancy / effective > target x (1 + hysteresis)``) or the SLO is broken; scale down only when
    it is under the target by the band (``occupancy / replicas < target x (1 - hysteresis)``) and the SLO

@@ -115,10 +115,12 @@ def test_a_cancelled_or_completed_batch_drops_out(tenant, batch_pool):
 
 def test_the_recommender_sizes_the_batch_pool_for_lines_not_yet_sent(tenant, batch_pool):
     PoolScaling.objects.create(pool="batch", min_replicas=1, max_replicas=10, target_busy_share=1.0,
-                               completion_window_s=24 * 3600, replica_tokens_per_s=1.0, warmup_s=60)
-    # 20 lines x 1 000 tokens due in 2 h (created 22 h ago); one replica makes 1 tok/s: far too slow.
+                               completion_window_s=24 * 3600, replica_tokens_per_s=1.0, warmup_s=60,
+                               deadline_margin=0.5)
+    # 20 lines x 1 000 tokens due in 2 h (created 22 h ago); one replica makes 1 tok/s: far too slow. Aimed
+    # at half the time left less the warm-up: 20 000 / (3 600 - 60 s) = 5.65 tok/s.
     make_batch(tenant.org, [chat(max_tokens=1000) for _ in range(20)], age=timedelta(hours=22))
     publish_batch_pool_sample()
     [decision] = recommend_replicas()
     assert decision.pool == "batch" and decision.desired > 1
-    assert "batch: 20k tokens due in 2 h" in decision.reason
+    assert "batch: 20k tokens due in 2 h needs 5.65 tok/s" in decision.reason
