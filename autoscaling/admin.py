@@ -12,7 +12,7 @@ class PoolScalingAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("pool", "enabled", "min_replicas", "max_replicas")}),
         ("Target and SLO", {"fields": ("target_busy_share", "hysteresis", "ttft_p95_slo_s", "tokens_per_s_slo",
-                                       "completion_window_s", "replica_tokens_per_s")}),
+                                       "completion_window_s", "deadline_margin", "replica_tokens_per_s")}),
         ("Pace", {"fields": ("scale_up_cooldown_s", "scale_down_cooldown_s", "warmup_s", "max_step_up",
                              "max_step_down")}),
         ("Kubernetes", {"fields": ("kubernetes_namespace", "kubernetes_deployment")}),

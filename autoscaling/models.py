@@ -35,6 +35,10 @@ class PoolScaling(models.Model):
     completion_window_s = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(1.0)],
         help_text="Batch SLO: the waiting work must finish within this many seconds.")
+    deadline_margin = models.FloatField(
+        default=0.8, validators=[MinValueValidator(0.05), MaxValueValidator(1.0)],
+        help_text="Batch: aim to finish waiting work within this share of the time to its deadline (0.8: a fifth "
+                  "to spare).")
     replica_tokens_per_s = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.001)],
         help_text="One replica's throughput, tokens a second (blank: measured from the pool).")
@@ -78,7 +82,8 @@ class PoolScaling(models.Model):
             min_replicas=self.min_replicas, max_replicas=self.max_replicas, target_busy_share=self.target_busy_share,
             scale_up_cooldown_s=self.scale_up_cooldown_s, scale_down_cooldown_s=self.scale_down_cooldown_s,
             warmup_s=self.warmup_s, hysteresis=self.hysteresis, max_step_up=self.max_step_up,
-            max_step_down=self.max_step_down, replica_tokens_per_s=self.replica_tokens_per_s)
+            max_step_down=self.max_step_down, replica_tokens_per_s=self.replica_tokens_per_s,
+            deadline_margin=self.deadline_margin)
 
     def clean(self):
         try:

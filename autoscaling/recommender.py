@@ -18,10 +18,18 @@ The rule, in order (each step's outcome goes into ``Decision.reason`` in plain w
    replica than the current count, or proportionally more (``replicas x ttft / slo``), whichever is more;
    the admission queue's p95 wait counts as a lower bound of TTFT when no TTFT was measured. The TTFT
    measured while replicas warm reflects the capacity before them, so it does not order more then. Batch
-   (``slo.completion_window_s``, ``slo.tokens_per_s``): the backlog must finish within the window, so the
-   pool needs ``backlog_tokens / window`` tokens a second (and at least ``slo.tokens_per_s`` while there is
-   work), divided by one replica's throughput (``policy.replica_tokens_per_s``, else measured:
-   ``tokens_per_s / (replicas x busy_share)``).
+   (``slo.completion_window_s``, ``slo.tokens_per_s``): the backlog must be done by its deadline. The time
+   left is the nearer of the window and ``signals.backlog_due_s`` (when the earliest-due work must be
+   finished; None: unknown, the window alone), times ``policy.deadline_margin`` (aim to be done with a
+   fifth of it to spare, by default); if the pace that needs is more than the replicas ready and warming
+   give, a replica ordered now serves only ``policy.warmup_s`` later, so the warm-up comes off the time
+   left first. The pool needs ``backlog_tokens / time left`` tokens a second (and at least
+   ``slo.tokens_per_s`` while there is work), divided by one replica's throughput at the target share
+   (``policy.replica_tokens_per_s``, else measured: ``tokens_per_s / (replicas x busy_share)``). Why the
+   deadline and not the window alone: re-evaluated every step with the full window, ``backlog / window``
+   shrinks as the backlog does (an exponential decay, ``e^-1`` of the work still left after one window),
+   while the time to the deadline shrinks too and keeps the pace up until the work is done.
+   Work already due is sized as if it had a minute left: in practice every replica the policy allows.
 4. **Hysteresis.** Scale up only when the load is past the target by the band
    (``occupancy / effective > target x (1 + hysteresis)``) or the SLO is broken; scale down only when
    it is under the target by the band (``occupancy / replicas < target x (1 - hysteresis)``) and the SLO
@@ -71,6 +79,7 @@ class PoolSignals:
     busy_share: float
     capacity_per_replica: int = 0  # requests one replica runs at once (0: unknown)
     backlog_tokens: int = 0  # tokens of work accepted and not yet generated (batch pools)
+    backlog_due_s: float | None = None  # seconds until the earliest-due backlog must be done (None: unknown)
     engine_busy_share: float = 0.0  # share of wall time the engines spent in forward steps (shown, not used)
 
 
@@ -93,6 +102,7 @@ class ScalingPolicy:
     max_step_up: int = 4
     max_step_down: int | None = None  # None: straight to the stabilized need, like the HPA
     replica_tokens_per_s: float | None = None  # one replica's throughput when known (batch sizing)
+    deadline_margin: float = 0.8  # batch: aim to finish the backlog within this share of the time left
 
     def __post_init__(self):
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
@@ -101,6 +111,8 @@ class ScalingPolicy:
             raise ValueError("target_busy_share must be in (0, 1]")
         if not 0 <= self.hysteresis < 1:
             raise ValueError("hysteresis must be in [0, 1)")
+        if not 0 < self.deadline_margin <= 1:
+            raise ValueError("deadline_margin must be in (0, 1]")
         if self.max_step_up < 1 or (self.max_step_down is not None and self.max_step_down < 1):
             raise ValueError("max_step_up and max_step_down must be at least 1")
 
@@ -158,6 +170,43 @@ def _occupancy(s: PoolSignals) -> tuple[float, list[str]]:
     return occ, words
 
 
+# Work already due (or overdue) is sized as if it had this long: every replica the policy allows, not a
+# division by zero.
+_MIN_TIME_LEFT_S = 60.0
+
+
+def _tokens(n: float) -> str:
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{_fmt(n / size)}{unit}"
+    return f"{n:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{_fmt(seconds / 3600)} h"
+    if seconds >= 60:
+        return f"{_fmt(seconds / 60)} min"
+    return f"{_fmt(seconds)} s"
+
+
+def _batch_pace(s: PoolSignals, slo: PoolSLO, policy: ScalingPolicy, warming: int,
+                per_replica: float | None) -> tuple[float, str]:
+    """Tokens a second that finish the backlog by its deadline (module docstring, step 3), and its words."""
+    due = [t for t in (slo.completion_window_s, s.backlog_due_s) if t is not None]
+    if not s.backlog_tokens or not due:
+        return 0.0, ""
+    due_s = min(due)
+    left = max(_MIN_TIME_LEFT_S, policy.deadline_margin * due_s)
+    required = s.backlog_tokens / left
+    if per_replica and required > (s.replicas + warming) * per_replica * policy.target_busy_share:
+        # More replicas are needed; one ordered now works only after its warm-up.
+        left = max(_MIN_TIME_LEFT_S, left - policy.warmup_s)
+        required = s.backlog_tokens / left
+    when = f"due in {_duration(due_s)}" if due_s > 0 else f"overdue by {_duration(-due_s)}"
+    return required, f"{_tokens(s.backlog_tokens)} tokens {when}"
+
+
 def _replicas_for_slo(s: PoolSignals, slo: PoolSLO, policy: ScalingPolicy,
                       warming: int) -> tuple[int, bool, bool, list[str]]:
     """Replicas the SLO needs, whether it is broken, whether it has room for fewer replicas, and words."""
@@ -180,20 +229,19 @@ def _replicas_for_slo(s: PoolSignals, slo: PoolSLO, policy: ScalingPolicy,
             elif ttft > slo.ttft_p95_s * (1 - band):
                 room = False
                 words.append(f"{label} {_fmt(ttft)} s near SLO {_fmt(slo.ttft_p95_s)} s")
-    if slo.completion_window_s or slo.tokens_per_s:
-        required = 0.0
-        if slo.completion_window_s and s.backlog_tokens:
-            required = s.backlog_tokens / slo.completion_window_s
-        has_work = s.backlog_tokens or s.queue_depth or s.running or s.waiting
-        if slo.tokens_per_s and has_work:
-            required = max(required, slo.tokens_per_s)
+    # Lines with a deadline (backlog_due_s) are sized by it even where the pool's SLO names no window.
+    if slo.completion_window_s or slo.tokens_per_s or (s.backlog_due_s is not None and s.backlog_tokens):
         per_replica = policy.replica_tokens_per_s
         if not per_replica and s.replicas and s.busy_share >= 0.05 and s.tokens_per_s > 0:
             per_replica = s.tokens_per_s / (s.replicas * min(1.0, s.busy_share))
+        required, deadline_words = _batch_pace(s, slo, policy, warming, per_replica)
+        has_work = s.backlog_tokens or s.queue_depth or s.running or s.waiting
+        if slo.tokens_per_s and has_work and slo.tokens_per_s > required:
+            required, deadline_words = slo.tokens_per_s, f"SLO {_fmt(slo.tokens_per_s)} tok/s while there is work"
         if required and per_replica:
             # At the target share, not flat out: the same headroom as the utilization rule.
             need = max(need, math.ceil(required / (per_replica * policy.target_busy_share)))
-            words.append(f"batch needs {_fmt(required)} tok/s, one replica {_fmt(per_replica)} tok/s")
+            words.append(f"batch: {deadline_words} needs {_fmt(required)} tok/s, one replica {_fmt(per_replica)} tok/s")
             if s.tokens_per_s < required:
                 broken = broken or need > s.replicas + warming
     return need, broken, room, words

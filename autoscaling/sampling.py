@@ -13,10 +13,18 @@ admission counts and request rates add up over processes; a replica seen by seve
 process scrapes the same worker) counts once, its engine numbers taken from the freshest sample, and
 those add up over replicas (KV-cache use: the fullest replica); p95s are taken over the union of every
 process's recent values, never averaged.
+
+Work a pool has accepted but not yet received (a Batch API batch's lines still to be sent: the batch
+runner hands a pool one line at a time) is not in any process's sample. The functions named by
+``TOLLGATE_AUTOSCALE_BACKLOG_SOURCES`` report it, per pool, as :class:`PendingWork` (tokens still to
+generate and when the earliest of it is due); ``combined_signals`` adds it to the pool's backlog and
+sets its ``backlog_due_s``. The apps that own such work (``batches``) sit above this one, so they plug in
+by setting, the way ``/metrics`` takes this app's collector, and this module never imports them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -24,13 +32,17 @@ import threading
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.cache import cache
+from django.utils.module_loading import import_string
 
 from .recommender import PoolSignals
 
+
+logger = logging.getLogger(__name__)
 
 _BOOT = uuid.uuid4().hex[:8]  # a restarted process with a recycled pid is still a new one
 
@@ -231,8 +243,60 @@ def combine(samples: list[dict], at: datetime | None = None) -> dict[str, PoolSi
     return out
 
 
+@dataclass(frozen=True)
+class PendingWork:
+    """Work a pool has accepted and not yet received: output tokens still to generate (an estimate: each
+    request's max_tokens) and when the earliest of it must be done (aware UTC; None: no deadline)."""
+
+    tokens: int
+    due: datetime | None = None
+    kind: str = "batch"  # the pool's kind, for a pool no process samples (scaled to zero)
+
+
+def pending_work() -> dict[str, PendingWork]:
+    """Every backlog source's report, per pool: tokens add up, the earliest due time wins.
+
+    A source that fails is logged and left out: the pools' own signals still scale them."""
+    out: dict[str, PendingWork] = {}
+    for path in settings.TOLLGATE_AUTOSCALE_BACKLOG_SOURCES:  # read at each call, like the metrics collectors
+        try:
+            reported = import_string(path)()
+        except Exception:
+            logger.exception("autoscaling backlog source %s failed", path)
+            continue
+        for pool, work in reported.items():
+            seen = out.get(pool)
+            if seen is not None:
+                dues = [d for d in (seen.due, work.due) if d is not None]
+                work = PendingWork(seen.tokens + work.tokens, min(dues) if dues else None, seen.kind)
+            out[pool] = work
+    return out
+
+
+def add_pending(signals: dict[str, PoolSignals], pending: dict[str, PendingWork],
+                at: datetime) -> dict[str, PoolSignals]:
+    """The signals with each pool's pending work in its backlog and its due time in ``backlog_due_s``.
+
+    A pool with pending work and no sample (no process runs it now, e.g. scaled to zero) gets a signal of
+    its own with no replicas, so the recommender can start one for the work waiting."""
+    out = dict(signals)
+    for pool, work in pending.items():
+        if not work.tokens:
+            continue
+        s = out.get(pool) or PoolSignals(
+            pool=pool, kind=work.kind, at=at, replicas=0, queue_depth=0, queue_wait_p95_s=0.0, running=0,
+            waiting=0, kv_cache_usage=0.0, tokens_per_s=0.0, requests_per_s=0.0, ttft_p95_s=None, busy_share=0.0)
+        due_s = (work.due - at).total_seconds() if work.due is not None else None
+        if s.backlog_due_s is not None and due_s is not None:
+            due_s = min(due_s, s.backlog_due_s)
+        out[pool] = replace(s, backlog_tokens=s.backlog_tokens + work.tokens,
+                            backlog_due_s=due_s if due_s is not None else s.backlog_due_s)
+    return out
+
+
 def combined_signals(at: datetime | None = None) -> dict[str, PoolSignals]:
-    return combine(published_samples(), at)
+    at = at or datetime.now(UTC)
+    return add_pending(combine(published_samples(), at), pending_work(), at)
 
 
 def sample_and_publish(sampler: Sampler) -> dict:

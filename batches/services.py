@@ -43,13 +43,18 @@ from datetime import timedelta
 from celery import current_app
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F, Q
+from django.db.models import BigIntegerField, Case, F, Min, Q, Sum, Value, When
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, Greatest, Least
 from django.utils import timezone
 
+from autoscaling.sampling import PendingWork
 from metering.models import UsageRecord
 from serving import errors
 from serving.flow.context import RequestContext
 from serving.flow.pipeline import serve_chat_blocking, serve_completions_blocking, serve_embeddings_blocking
+from serving.models import Deployment, Pool
+from serving.pools import DEFAULT_POOL
 from serving.protocol import ChatCompletionRequest, EmbeddingRequest, TextCompletionRequest, parse_request
 from tenants.models import ApiKey
 from tenants.services import TenantContext
@@ -484,3 +489,49 @@ def _results_file(batch: Batch, status: str, kind: str) -> BatchFile | None:
 
 def unfinished_batches() -> list[str]:
     return list(Batch.objects.exclude(status__in=Batch.FINAL).order_by("created_at").values_list("pk", flat=True))
+
+
+# ----------------------------------------------------------------- pending work, for the autoscaler
+
+# Batches whose lines may still be sent: not cancelling (no new line starts), not final.
+_SENDING = (Batch.Status.VALIDATING, Batch.Status.IN_PROGRESS)
+
+
+def _max_tokens_of_line():
+    """A line's output cap as the gateway applies it: max_completion_tokens, else max_tokens, else the
+    default, at most the limit, times ``n`` choices. A value that is not a whole number (the line will be
+    refused when it runs) counts as the default; text, so a bad line never breaks the query."""
+    def whole(key: str):
+        return Case(When(**{f"{key}__regex": r"^[0-9]{1,9}$"}, then=Cast(key, BigIntegerField())), default=None)
+
+    cap = Coalesce(whole("max_completion_tokens"), whole("max_tokens"), Value(settings.TOLLGATE_DEFAULT_MAX_TOKENS))
+    return Least(cap, Value(settings.TOLLGATE_MAX_TOKENS_LIMIT)) * Greatest(Coalesce(whole("n"), Value(1)), Value(1))
+
+
+def pool_backlog() -> dict[str, PendingWork]:
+    """The pending lines of running batches, per pool they will be served by: their output tokens (each
+    line's max_tokens: an upper bound, as the budget hold is) and the earliest batch's deadline.
+
+    The autoscaler reads this through TOLLGATE_AUTOSCALE_BACKLOG_SOURCES, so a batch pool is sized for
+    lines not yet sent to it. A line's pool is its model's deployment's; a model with no deployment (or
+    ``auto``, routed when the line runs) is served by the default pool, as the gateway does. Embedding
+    lines generate no tokens and are left out. A batch past its window is left out (its lines will not run).
+    """
+    lines = (BatchLine.objects
+             .filter(status=BatchLine.Status.PENDING, batch__status__in=_SENDING, batch__expires_at__gt=timezone.now())
+             .exclude(batch__endpoint="/v1/embeddings")
+             .annotate(model=KT("body__model"), max_completion_tokens=KT("body__max_completion_tokens"),
+                       max_tokens=KT("body__max_tokens"), n=KT("body__n"))
+             .values("model")
+             .annotate(tokens=Sum(_max_tokens_of_line()), due=Min("batch__expires_at")))
+    pools = {d.model: (d.pool.name, d.pool.kind)
+             for d in Deployment.objects.filter(enabled=True).select_related("pool")}
+    out: dict[str, PendingWork] = {}
+    for row in lines:
+        name, kind = pools.get(row["model"], (DEFAULT_POOL, Pool.Kind.INTERACTIVE))
+        seen = out.get(name)
+        tokens, due = int(row["tokens"] or 0), row["due"]
+        if seen is not None:
+            tokens, due = tokens + seen.tokens, min(due, seen.due)
+        out[name] = PendingWork(tokens=tokens, due=due, kind=kind)
+    return out

@@ -224,17 +224,15 @@ class _PoolSim:
         head_age = end - self.queue[0][0] if self.queue else 0.0
         capacity = max(1, ready) * self.cap
         backlog = sum(r.output_tokens for _, r in self.queue)
-        slo = self.plan.slo
+        due_s = None
         if self.plan.kind == "batch":
             # A batch pool's pending lines wait in the batch runner (batches/), which hands the pool a line
-            # as a slot frees: they are backlog, not an admission queue. The window is the time left to the
-            # oldest line's deadline, less a quarter and a warm-up for safety: a fixed window would ask for
-            # backlog / window, a pace that shrinks with the backlog and never finishes it.
+            # as a slot frees: they are backlog, not an admission queue. The recommender paces them by the
+            # earliest deadline among them (a trace may give lines their own, so not always the oldest's).
             queue_depth, wait_p95, ttft_p95 = 0, 0.0, None
-            if self.queue and self.queue[0][1].deadline:
-                left = (self.queue[0][1].deadline - self.start).total_seconds() - end
-                slo = PoolSLO(tokens_per_s=slo.tokens_per_s, completion_window_s=max(
-                    self.step_s, 0.75 * left - (self.plan.policy.warmup_s or 0)))
+            due = min((r.deadline for _, r in self.queue if r.deadline), default=None)
+            if due is not None:
+                due_s = (due - self.start).total_seconds() - end
         else:
             queue_depth = len(self.queue)
             wait_p95 = max(_p95(waits) or 0.0, head_age)
@@ -250,9 +248,9 @@ class _PoolSim:
             # slots held over slots: a replica running few sequences runs each faster (the curve), so slot
             # occupancy measured on many lightly loaded replicas understates what fewer would need.
             busy_share=min(1.0, tokens / (ready * self.curve.peak_tokens_per_s * self.step_s)) if ready else 0.0,
-            capacity_per_replica=self.cap, backlog_tokens=backlog,
+            capacity_per_replica=self.cap, backlog_tokens=backlog, backlog_due_s=due_s,
         )
-        decision, self.state = recommend(signals, slo, self.plan.policy, self.state)
+        decision, self.state = recommend(signals, self.plan.slo, self.plan.policy, self.state)
         self.out.decisions += 1
         live = len(self._live())
         if decision.desired > live:

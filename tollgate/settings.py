@@ -459,6 +459,10 @@ CELERY_BEAT_SCHEDULE["budget-stale-reservations"] = {"task": "budgets.tasks.rele
 TOLLGATE_AUTOSCALE_SAMPLE_S = float(env("TOLLGATE_AUTOSCALE_SAMPLE_S", "5"))
 TOLLGATE_AUTOSCALE_INTERVAL_S = float(env("TOLLGATE_AUTOSCALE_INTERVAL_S", "15"))
 TOLLGATE_AUTOSCALE_WINDOW_S = float(env("TOLLGATE_AUTOSCALE_WINDOW_S", "60"))
+# Work pools have accepted and not yet received, reported per pool by apps above autoscaling (dotted paths to
+# functions returning {pool: autoscaling.sampling.PendingWork}), read at each recommendation: the Batch API's
+# lines not yet sent, so a batch pool is sized for its deadline before the lines reach it.
+TOLLGATE_AUTOSCALE_BACKLOG_SOURCES = ["batches.services.pool_backlog"]
 # A pool whose policy names a Kubernetes Deployment gets its desired count patched there; as the API server's
 # dry run (nothing persisted) unless this is false. The kubeconfig used outside a cluster (empty: the default).
 TOLLGATE_AUTOSCALE_KUBERNETES_DRY_RUN = env_bool("TOLLGATE_AUTOSCALE_KUBERNETES_DRY_RUN", True)

@@ -104,18 +104,19 @@ def test_scale_down_lands_where_the_load_stays_under_target():
 def test_batch_backlog_needs_the_replicas_to_finish_within_the_window():
     slo = PoolSLO(completion_window_s=3600)
     policy = replace(POLICY, replica_tokens_per_s=1000.0, max_step_up=8, max_replicas=20)
-    # 36M tokens in an hour = 10 000 tok/s; one replica does 1 000 at full speed, 700 at the target share.
+    # 36M tokens due in an hour, aimed at 80 % of it less the 120 s warm-up of a new replica: 36M / 2760 s =
+    # 13 043 tok/s; one replica does 1 000 at full speed, 700 at the target share.
     s = replace(signals(0, 2, busy=0.5, ttft=None, kind="batch"), backlog_tokens=36_000_000)
     decision, _ = recommend(s, slo, policy, None)
     assert decision.desired == 10  # step limit: 2 + 8
-    assert decision.needed == 15 and "batch needs 10000 tok/s" in decision.reason
+    assert decision.needed == 19 and "batch: 36M tokens due in 1 h needs 13043 tok/s" in decision.reason
 
 
 def test_batch_backlog_keeps_replicas_that_the_window_needs():
     slo = PoolSLO(completion_window_s=3600)
     policy = replace(POLICY, replica_tokens_per_s=1000.0, max_replicas=20)
-    script = [replace(signals(15 * i, 6, busy=0.1, ttft=None, kind="batch"), backlog_tokens=14_000_000)
-              for i in range(60)]  # needs ceil(3889 / 700) = 6
+    script = [replace(signals(15 * i, 6, busy=0.1, ttft=None, kind="batch"), backlog_tokens=11_000_000)
+              for i in range(60)]  # 11M / (0.8 x 3600 s) = 3819 tok/s: ceil(3819 / 700) = 6
     decisions, state = run(script, slo=slo, policy=policy, state=RecommenderState(desired=6))
     assert state.desired == 6 and not [d for d in decisions if d.changed]
 
