@@ -29,6 +29,10 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> "WorkerProcess":
+        self.spawn()
+        return self.wait_healthy(timeout)
+
+    def spawn(self) -> "WorkerProcess":
         env = dict(os.environ, TOLLGATE_CPU_ENGINE_THREADS="1", UVICORN_LOG_LEVEL="warning")
         self.log = open(f"/tmp/tollgate-worker-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
@@ -36,6 +40,9 @@ class WorkerProcess:
              "--port", str(self.port), "--models", MINI, "--preload", *self.extra],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
+        return self
+
+    def wait_healthy(self, timeout: float = 90.0) -> "WorkerProcess":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -63,6 +70,20 @@ class WorkerProcess:
             if line.startswith("tollgate:engine_busy_seconds_total"):
                 values["busy_seconds"] = float(line.rsplit(" ", 1)[1])
         return values
+
+
+def start_all(*workers: WorkerProcess) -> tuple[WorkerProcess, ...]:
+    """Start several workers at once (each spends seconds importing torch and building its model)."""
+    for w in workers:
+        w.spawn()
+    try:
+        for w in workers:
+            w.wait_healthy()
+    except BaseException:
+        for w in workers:
+            w.kill()
+        raise
+    return workers
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from metering.models import UsageRecord
 from serving import pools
 
-from .conftest import MINI, WorkerProcess, usage_row
+from .conftest import MINI, WorkerProcess, start_all, usage_row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,8 +28,7 @@ MESSAGES = [{"role": "user", "content": "Say something about budgets."}]
 
 @pytest.fixture(scope="module")
 def two_workers():
-    a, b = WorkerProcess(), WorkerProcess()
-    a.start(), b.start()
+    a, b = start_all(WorkerProcess(), WorkerProcess())
     yield a, b
     a.kill(), b.kill()
 
@@ -68,7 +67,7 @@ def test_requests_sharing_a_long_prefix_go_to_the_same_replica(openai_client, de
 
 
 def test_a_killed_replica_is_taken_out_and_requests_succeed_on_the_other(openai_client, deploy):
-    doomed, survivor = WorkerProcess().start(), WorkerProcess().start()
+    doomed, survivor = start_all(WorkerProcess(), WorkerProcess())
     try:
         topology = deploy(MINI, [doomed.url, survivor.url])
         doomed.kill()
