@@ -14,7 +14,9 @@ Then, for each chat model, through HTTP with the official ``openai`` client
 (``AsyncOpenAI``, non-streaming, ``max_tokens`` fixed, ``temperature=1`` so the
 response cache never answers): ``--sequential`` requests one at a time, then
 ``--rounds`` x ``--concurrency`` requests from ``--concurrency`` clients at
-once, the two interleaved ``--repeats`` times (median throughput). Throughput
+once, the two interleaved ``--repeats`` times (median throughput). ``--engine
+both`` (the default) starts one gateway of each mode and interleaves their runs
+too, so both see the same machine conditions. Throughput
 is output tokens (``usage.completion_tokens``, summed) per second of wall time.
 The CPU engine has no ``ignore_eos``: an answer may stop early at the
 separator token, which is why tokens, not requests, are counted.
@@ -23,7 +25,7 @@ After the server stops, the engine alone in this process (``CpuEngine``, the
 code path of ``bench/cpu_engine.py``) runs the same shape (one at a time vs
 ``--concurrency`` at once, same prompts and ``max_tokens``), for reference.
 
-    .venv/bin/python bench/gateway_batching.py --engine worker
+    .venv/bin/python bench/gateway_batching.py            # both modes, interleaved
     .venv/bin/python bench/gateway_batching.py --engine in-process --models tollgate-mini
 """
 
@@ -110,22 +112,29 @@ async def gateway_level(client: openai.AsyncOpenAI, model: str, n: int, concurre
     return {"tok_s": tokens / wall, "tokens": tokens, "requests": n, "p50": statistics.median(latencies)}
 
 
-async def bench_gateway(base: str, key: str, models: list[str], args) -> dict[str, tuple[dict, dict]]:
-    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=600)
-    out = {}
+async def bench_gateways(gateways: dict[str, tuple[str, str]], models: list[str], args) -> dict:
+    """Per model, each mode's one-at-a-time and concurrent runs, interleaved (the same machine conditions)."""
+    clients = {mode: openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=600)
+               for mode, (base, key) in gateways.items()}
+    out: dict[str, dict[str, tuple[list, list]]] = {mode: {} for mode in gateways}
     for model in models:
-        await gateway_level(client, model, 8, 8, args.max_tokens, "warm")  # model build, connections
-        seq, conc = [], []
+        for mode, client in clients.items():
+            await gateway_level(client, model, 8, 8, args.max_tokens, "warm")  # model build, connections
+            out[mode][model] = ([], [])
         for rep in range(args.repeats):
-            seq.append(await gateway_level(client, model, args.sequential, 1, args.max_tokens, f"s{rep}"))
-            conc.append(await gateway_level(client, model, args.concurrency * args.rounds, args.concurrency,
-                                            args.max_tokens, f"c{rep}"))
-        s = statistics.median(r["tok_s"] for r in seq)
-        c = statistics.median(r["tok_s"] for r in conc)
-        out[model] = (seq, conc)
-        print(f"{model} through the gateway: 1 at a time {s:.0f} tok/s, {args.concurrency} at once {c:.0f} tok/s "
-              f"({c / s:.2f}x)", file=sys.stderr)
-    await client.close()
+            for mode, client in clients.items():
+                seq, conc = out[mode][model]
+                seq.append(await gateway_level(client, model, args.sequential, 1, args.max_tokens, f"s{rep}"))
+                conc.append(await gateway_level(client, model, args.concurrency * args.rounds, args.concurrency,
+                                                args.max_tokens, f"c{rep}"))
+        for mode in gateways:
+            seq, conc = out[mode][model]
+            s = statistics.median(r["tok_s"] for r in seq)
+            c = statistics.median(r["tok_s"] for r in conc)
+            print(f"{model} through the gateway, {mode}: 1 at a time {s:.0f} tok/s, {args.concurrency} at once "
+                  f"{c:.0f} tok/s ({c / s:.2f}x)", file=sys.stderr)
+    for client in clients.values():
+        await client.close()
     return out
 
 
@@ -153,7 +162,7 @@ async def bench_engine_alone(models: list[str], args) -> dict[str, tuple[float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engine", choices=["in-process", "worker"], default="worker")
+    ap.add_argument("--engine", choices=["in-process", "worker", "both"], default="both")
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=32)
@@ -164,28 +173,37 @@ def main() -> None:
     args = ap.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
 
-    with tempfile.TemporaryDirectory(prefix="tg-gateway-batching-") as var_dir:
-        server, base, key = start_gateway(var_dir, args.engine)
+    modes = ["in-process", "worker"] if args.engine == "both" else [args.engine]
+    servers, gateways = [], {}
+    with tempfile.TemporaryDirectory(prefix="tg-gateway-batching-") as tmp:
         try:
-            through = asyncio.run(bench_gateway(base, key, models, args))
+            for mode in modes:
+                os.makedirs(f"{tmp}/{mode}")
+                server, base, key = start_gateway(f"{tmp}/{mode}", mode)
+                servers.append(server)
+                gateways[mode] = (base, key)
+            through = asyncio.run(bench_gateways(gateways, models, args))
         finally:
-            server.terminate()
-            server.wait(30)
+            for server in servers:
+                server.terminate()
+                server.wait(30)
     alone = {} if args.no_engine_alone else asyncio.run(bench_engine_alone(models, args))
 
-    print(f"\n--engine {args.engine}: {args.max_tokens} max output tokens, {args.concurrency} concurrent x "
-          f"{args.rounds} rounds vs {args.sequential} one at a time, median of {args.repeats}, cpus={os.cpu_count()}\n")
-    print(f"| model | gateway 1 at a time tok/s | gateway {args.concurrency} at once tok/s | gateway speedup "
-          f"| {args.concurrency} at once p50 s | engine alone speedup |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for model, (seq, conc) in through.items():
-        s = statistics.median(r["tok_s"] for r in seq)
-        c = statistics.median(r["tok_s"] for r in conc)
-        p50 = statistics.median(r["p50"] for r in conc)
-        ref = f"{alone[model][1] / alone[model][0]:.2f}x" if model in alone else "-"
-        print(f"| {model} | {s:.0f} | {c:.0f} | {c / s:.2f}x | {p50:.3f} | {ref} |")
-    if alone:
-        print("\nengine alone (tok/s): " + ", ".join(f"{m} {a:.0f} vs {b:.0f}" for m, (a, b) in alone.items()))
+    print(f"\n{args.max_tokens} max output tokens, {args.concurrency} concurrent x {args.rounds} rounds vs "
+          f"{args.sequential} one at a time, median of {args.repeats} interleaved repeats, cpus={os.cpu_count()}\n")
+    print(f"| model | engine | gateway 1 at a time tok/s | gateway {args.concurrency} at once tok/s "
+          f"| gateway speedup | {args.concurrency} at once p50 s |")
+    print("|---|---|---:|---:|---:|---:|")
+    for model in models:
+        for mode in modes:
+            seq, conc = through[mode][model]
+            s = statistics.median(r["tok_s"] for r in seq)
+            c = statistics.median(r["tok_s"] for r in conc)
+            p50 = statistics.median(r["p50"] for r in conc)
+            print(f"| {model} | {mode} | {s:.0f} | {c:.0f} | {c / s:.2f}x | {p50:.3f} |")
+        if model in alone:
+            a, b = alone[model]
+            print(f"| {model} | engine alone (no gateway) | {a:.0f} | {b:.0f} | {b / a:.2f}x | |")
 
 
 if __name__ == "__main__":
