@@ -121,6 +121,11 @@ def test_the_embedded_default_answers_chat_and_embeddings_through_its_child_work
         vectors = client.embeddings.create(model="all-minilm-l6-v2", input=["one", "two"])
         assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
         assert "[cpu-engine] CPU engine worker for" in server.output  # the child's own lines, prefixed
+        # The gateway still refuses what the CPU engine cannot honour, before it reaches the worker.
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="tollgate-mini", max_tokens=3, frequency_penalty=0.5,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.body["param"] == "frequency_penalty"
     finally:
         server.stop()
     # The child ends with the server.
