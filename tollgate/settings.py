@@ -399,10 +399,11 @@ TOLLGATE_CPU_PREFIX_CACHING = env_bool("TOLLGATE_CPU_PREFIX_CACHING", True)
 TOLLGATE_CPU_PREFIX_CACHE_BLOCKS = env_int("TOLLGATE_CPU_PREFIX_CACHE_BLOCKS", 1024)
 # Threads torch computes with in the CPU engine (here or in a worker); 0: torch's default.
 TOLLGATE_CPU_ENGINE_THREADS = env_int("TOLLGATE_CPU_ENGINE_THREADS", 0)
-# Where `manage.py serve` runs the CPU engine: "separate" (a `serve_engine` child process on a free local
-# port, reached over HTTP; the web process's event loop and the engine then do not share one interpreter
-# lock) or "in-process" (in the web process, as tests' live servers do).
-TOLLGATE_CPU_ENGINE_PROCESS = env("TOLLGATE_CPU_ENGINE_PROCESS", "separate")
+# Where `manage.py serve` runs the CPU engine: "in-process" (in the web process, as tests' live servers do)
+# or "separate" (a `serve_engine` child process on a free local port, reached over HTTP, so the web
+# process's event loop and the engine do not share one interpreter lock). In-process stays the default:
+# on the 2-core machines here the child was not faster (docs/benchmarks.md, "Batching through the gateway").
+TOLLGATE_CPU_ENGINE_PROCESS = env("TOLLGATE_CPU_ENGINE_PROCESS", "in-process")
 # A CPU engine worker (`manage.py serve_engine --embeddings`) that stands in for the in-process engine and
 # embedder; `serve` sets it for its child. Blank: the engine runs in the process that serves.
 TOLLGATE_CPU_ENGINE_URL = env("TOLLGATE_CPU_ENGINE_URL", "")

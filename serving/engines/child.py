@@ -3,8 +3,9 @@
 Why a process of its own: in the web process the engine's scheduler thread and
 the event loop take turns on one interpreter lock, so every batched step waits
 for the gateway's per-request Python work and the other way round; the gain of
-batching 32 requests shrinks to what the lock leaves (docs/benchmarks.md,
-"Batching through the gateway"). The child is ``manage.py serve_engine`` (the
+batching 32 requests shrinks to what the lock leaves. (Measured on 2 cores, the
+gateway's own per-request work was the larger limit, so this is opt-in:
+docs/benchmarks.md, "Batching through the gateway".) The child is ``manage.py serve_engine`` (the
 same worker a production CPU node runs) on a free 127.0.0.1 port; the gateway
 reaches it as a remote replica (TOLLGATE_CPU_ENGINE_URL), health checks and
 circuit breaker included.

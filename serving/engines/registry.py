@@ -2,7 +2,7 @@
 
 It serves every model that has no deployment. It runs in this process, or, when
 TOLLGATE_CPU_ENGINE_URL names a CPU engine worker (``manage.py serve`` starts one
-as its child by default, TOLLGATE_CPU_ENGINE_PROCESS=separate), it is that
+as its child with TOLLGATE_CPU_ENGINE_PROCESS=separate), it is that
 worker reached over HTTP: same models, same parameters, its own interpreter. Which engine serves which model
 (deployments, pools and replicas) is ``serving.pools``'s business, which uses
 this one as its in-process replica.

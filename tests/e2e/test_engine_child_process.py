@@ -1,5 +1,5 @@
-"""`make run`'s default shape: `manage.py serve` runs the CPU engine as its own child worker process
-(TOLLGATE_CPU_ENGINE_PROCESS=separate) and reaches it over HTTP.
+"""`manage.py serve` with TOLLGATE_CPU_ENGINE_PROCESS=separate runs the CPU engine as its own child worker
+process and reaches it over HTTP.
 
 Real processes on embedded defaults (SQLite, chDB in a temp var dir), as tests/e2e/test_embedded_default.py.
 """
@@ -31,6 +31,7 @@ def seeded(tmp_path_factory):
                                                             "DJANGO_SETTINGS_MODULE", "TOLLGATE_CPU_ENGINE_URL",
                                                             "TOLLGATE_CPU_ENGINE_PROCESS"}}
     env.update({"TOLLGATE_VAR_DIR": str(var), "TOLLGATE_SPANS_TO_CLICKHOUSE": "false",
+                "TOLLGATE_CPU_ENGINE_PROCESS": "separate",
                 "TOLLGATE_HEALTH_CHECK_INTERVAL_S": "0.5", "UVICORN_LOG_LEVEL": "warning"})
     run = dict(cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], **run)
