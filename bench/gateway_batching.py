@@ -8,7 +8,7 @@ the CPU engine either
 * ``--engine in-process``: in the web process (``TOLLGATE_CPU_ENGINE_PROCESS=in-process``), or
 * ``--engine worker``: as its own ``manage.py serve_engine`` process that the
   gateway reaches over HTTP as a remote replica
-  (``TOLLGATE_CPU_ENGINE_PROCESS=separate``, what ``make run`` does by default).
+  (``TOLLGATE_CPU_ENGINE_PROCESS=separate``; ``make run`` runs it in-process by default).
 
 Then, for each chat model, through HTTP with the official ``openai`` client
 (``AsyncOpenAI``, non-streaming, ``max_tokens`` fixed, ``temperature=1`` so the
