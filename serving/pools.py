@@ -50,7 +50,7 @@ from .engines.base import (
     GenerationStream,
     TextDelta,
 )
-from .engines.registry import in_process_engine
+from .engines.registry import cpu_worker_url, in_process_engine
 from .engines.remote import RemoteEmbedder, RemoteEngine
 from .models import Deployment
 from .resilience import BREAKER_OPENED, BREAKER_STATE, OPEN, STATE_VALUE, CircuitBreaker, RetryBudget, backoff_s
@@ -519,32 +519,47 @@ def _build(signature: tuple) -> PoolTopology:
             pool = pools.get(DEFAULT_POOL) or PoolRuntime(
                 _default_pool(DEFAULT_POOL, "interactive", settings.TOLLGATE_CPU_MAX_NUM_SEQS), 1)
             pools[pool.name] = pool
-            replica = ReplicaRuntime(IN_PROCESS, local)
+            replica = _local_replica(local)
             for m in missing:
                 deployments[m] = DeploymentRuntime(m, pool, [replica])
     if settings.TOLLGATE_EMBEDDINGS_IN_PROCESS:
-        from .engines.embeddings import EMBEDDING_MODEL, get_embedder  # torch: only where embeddings run here
+        from .engines.embeddings import EMBEDDING_MODEL
 
         if EMBEDDING_MODEL not in deployments:
             pool = pools.get(EMBEDDING_POOL) or PoolRuntime(
                 _default_pool(EMBEDDING_POOL, "embedding", settings.TOLLGATE_EMBEDDING_MAX_BATCH), 1)
             pools[pool.name] = pool
-            deployments[EMBEDDING_MODEL] = DeploymentRuntime(EMBEDDING_MODEL, pool,
-                                                             [ReplicaRuntime(IN_PROCESS, get_embedder())])
+            deployments[EMBEDDING_MODEL] = DeploymentRuntime(EMBEDDING_MODEL, pool, [_local_embedder()])
     return PoolTopology(deployments=deployments, pools=pools, signature=signature)
+
+
+def _local_replica(local: Engine) -> ReplicaRuntime:
+    """The local engine as a replica: in this process, or the CPU engine worker that stands in for it
+    (a remote replica like any other: health-checked, taken out when it does not answer)."""
+    url = cpu_worker_url()
+    return ReplicaRuntime(url, local, url) if url else ReplicaRuntime(IN_PROCESS, local)
+
+
+def _local_embedder() -> ReplicaRuntime:
+    from .engines.embeddings import EMBEDDING_MODEL
+
+    url = cpu_worker_url()
+    if url:  # the CPU engine worker serves all-minilm-l6-v2 too (serve starts it with --embeddings)
+        return ReplicaRuntime(url, RemoteEmbedder(url, EMBEDDING_MODEL), url)
+    from .engines.embeddings import get_embedder  # torch: only where embeddings run here
+
+    return ReplicaRuntime(IN_PROCESS, get_embedder())
 
 
 def _replica(model: str, url: str, pool: PoolSettings) -> ReplicaRuntime | None:
     if pool.kind == "embedding":
-        from .engines.embeddings import get_embedder  # torch: only where embeddings run here
-
-        return ReplicaRuntime(url or IN_PROCESS, RemoteEmbedder(url, model) if url else get_embedder(), url)
+        return ReplicaRuntime(url, RemoteEmbedder(url, model), url) if url else _local_embedder()
     if not url:
         local = in_process_engine()
         if local is None or model not in local.model_names():
             logger.warning("deployment %s lists the in-process engine, which does not serve it", model)
             return None
-        return ReplicaRuntime(IN_PROCESS, local)
+        return _local_replica(local)
     return ReplicaRuntime(url, RemoteEngine(url, [model], connect_timeout=settings.TOLLGATE_ENGINE_CONNECT_TIMEOUT_S,
                                             read_timeout=settings.TOLLGATE_ENGINE_READ_TIMEOUT_S), url)
 

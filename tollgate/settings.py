@@ -130,6 +130,15 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Transactions take the write lock when they begin, so a read-then-write
     # transaction (budget reservations) waits instead of failing on upgrade.
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+    # Write-ahead log: a commit appends to one file (one fsync, or none with synchronous=NORMAL) instead of
+    # writing a rollback journal and the database (several fsyncs), and readers do not wait for the writer.
+    # Every request writes twice (its budget hold, its settlement), so on the embedded default the commit
+    # is what 32 concurrent requests queue on. With TOLLGATE_LEDGER_SYNCHRONOUS_COMMIT=false, as on
+    # PostgreSQL, a commit returns before it is on disk: a crash of the machine (not of the process) may
+    # lose the last commits.
+    DATABASES["default"]["OPTIONS"]["init_command"] = (
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous="
+        + ("FULL" if env_bool("TOLLGATE_LEDGER_SYNCHRONOUS_COMMIT", True) else "NORMAL"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", "")
@@ -390,6 +399,14 @@ TOLLGATE_CPU_PREFIX_CACHING = env_bool("TOLLGATE_CPU_PREFIX_CACHING", True)
 TOLLGATE_CPU_PREFIX_CACHE_BLOCKS = env_int("TOLLGATE_CPU_PREFIX_CACHE_BLOCKS", 1024)
 # Threads torch computes with in the CPU engine (here or in a worker); 0: torch's default.
 TOLLGATE_CPU_ENGINE_THREADS = env_int("TOLLGATE_CPU_ENGINE_THREADS", 0)
+# Where `manage.py serve` runs the CPU engine: "in-process" (in the web process, as tests' live servers do)
+# or "separate" (a `serve_engine` child process on a free local port, reached over HTTP, so the web
+# process's event loop and the engine do not share one interpreter lock). In-process stays the default:
+# on the 2-core machines here the child was not faster (docs/benchmarks.md, "Batching through the gateway").
+TOLLGATE_CPU_ENGINE_PROCESS = env("TOLLGATE_CPU_ENGINE_PROCESS", "in-process")
+# A CPU engine worker (`manage.py serve_engine --embeddings`) that stands in for the in-process engine and
+# embedder; `serve` sets it for its child. Blank: the engine runs in the process that serves.
+TOLLGATE_CPU_ENGINE_URL = env("TOLLGATE_CPU_ENGINE_URL", "")
 # Pools (serving.models; docs/configuration.md): admission, replica choice, health, remote workers.
 TOLLGATE_POOL_MAX_QUEUE = env_int("TOLLGATE_POOL_MAX_QUEUE", 256)
 TOLLGATE_POOL_CONFIG_TTL_S = float(env("TOLLGATE_POOL_CONFIG_TTL_S", "5"))
