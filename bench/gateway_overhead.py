@@ -143,6 +143,65 @@ def embedded_clickhouse_cpu_seconds(pid: int | None) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def start_upstream(procs: list[subprocess.Popen], *args: str) -> str:
+    """Start bench/instant_upstream.py (with ``args``) on a free port; its base URL."""
+    port = free_port()
+    procs.append(subprocess.Popen([sys.executable, "bench/instant_upstream.py", "--port", str(port), *args], cwd=ROOT))
+    upstream = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{upstream}/health", procs[-1])
+    return upstream
+
+
+def start_tollgate(procs: list[subprocess.Popen], tmp: str, database_url: str, redis_url: str,
+                   upstream: str) -> tuple[str, str, str]:
+    """Migrate and seed a database of its own, then start ``manage.py serve`` (1 process) serving ``bench-echo``
+    on ``upstream``: its base URL, the plain key and the rate-limited key."""
+    env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=redis_url,
+               CLICKHOUSE_DSN=f"chdb:///{tmp}/ch", TOLLGATE_VAR_DIR=f"{tmp}/var", TOLLGATE_ENGINE="none",
+               TOLLGATE_EMBEDDINGS_IN_PROCESS="false", TOLLGATE_INPROCESS_SHIPPER="true",
+               UVICORN_LOG_LEVEL="warning", DEBUG="false")
+    env.pop("CELERY_BROKER_URL", None)
+    key, limited_key = prepare_database(database_url, env, upstream)
+    port = free_port()
+    procs.append(subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT,
+                                  env=env, stdout=subprocess.DEVNULL))
+    gateway = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{gateway}/v1/models", procs[-1])
+    return gateway, key, limited_key
+
+
+def start_litellm(procs: list[subprocess.Popen], tmp: str, litellm: str, upstream: str) -> str:
+    """Start LiteLLM's proxy (1 worker, master key, no database) routing ``bench-echo`` to ``upstream``."""
+    port = free_port()
+    config = Path(tmp) / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {upstream}/v1\n"
+        "      api_key: unused\n"
+        "general_settings:\n"
+        f"  master_key: {MASTER_KEY}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS"))}
+    procs.append(subprocess.Popen([litellm, "--config", str(config), "--port", str(port), "--num_workers", "1"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{url}/health/liveliness", procs[-1])
+    return url
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def closed_loop(url: str, headers: dict, n: int, concurrency: int) -> dict:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
@@ -187,22 +246,8 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     tmp = tempfile.mkdtemp(prefix="tollgate-bench-")
     try:
-        up_port = free_port()
-        upstream = f"http://127.0.0.1:{up_port}"
-        procs.append(subprocess.Popen([sys.executable, "bench/instant_upstream.py", "--port", str(up_port)], cwd=ROOT))
-        wait_until_up(f"{upstream}/health", procs[-1])
-
-        env = dict(os.environ, DATABASE_URL=args.database_url, REDIS_URL=args.redis_url,
-                   CLICKHOUSE_DSN=f"chdb:///{tmp}/ch", TOLLGATE_VAR_DIR=f"{tmp}/var", TOLLGATE_ENGINE="none",
-                   TOLLGATE_EMBEDDINGS_IN_PROCESS="false", TOLLGATE_INPROCESS_SHIPPER="true",
-                   UVICORN_LOG_LEVEL="warning", DEBUG="false")
-        env.pop("CELERY_BROKER_URL", None)
-        key, limited_key = prepare_database(args.database_url, env, upstream)
-        gw_port = free_port()
-        gateway = f"http://127.0.0.1:{gw_port}"
-        procs.append(subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(gw_port)], cwd=ROOT,
-                                      env=env, stdout=subprocess.DEVNULL))
-        wait_until_up(f"{gateway}/v1/models", procs[-1])
+        upstream = start_upstream(procs)
+        gateway, key, limited_key = start_tollgate(procs, tmp, args.database_url, args.redis_url, upstream)
 
         pids = {"upstream direct": procs[0].pid, "Tollgate gateway (auth, budget, ledger, spans)": procs[-1].pid,
                 LIMITED: procs[-1].pid}
@@ -217,26 +262,10 @@ def main() -> None:
                 paths = {name: paths[name] for name in ("upstream direct", LIMITED,
                                                         "Tollgate gateway (auth, budget, ledger, spans)")}
         if args.litellm:
-            ll_port = free_port()
-            config = Path(tmp) / "litellm.yaml"
-            config.write_text(
-                "model_list:\n"
-                f"  - model_name: {MODEL}\n"
-                "    litellm_params:\n"
-                f"      model: openai/{MODEL}\n"
-                f"      api_base: {upstream}/v1\n"
-                "      api_key: unused\n"
-                "general_settings:\n"
-                f"  master_key: {MASTER_KEY}\n"
-            )
-            ll_env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS"))}
-            procs.append(subprocess.Popen([args.litellm, "--config", str(config), "--port", str(ll_port),
-                                           "--num_workers", "1"], env=ll_env, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
-            wait_until_up(f"http://127.0.0.1:{ll_port}/health/liveliness", procs[-1])
+            litellm = start_litellm(procs, tmp, args.litellm, upstream)
             pids["LiteLLM proxy (1 worker, master key, no database)"] = procs[-1].pid
             paths["LiteLLM proxy (1 worker, master key, no database)"] = (
-                f"http://127.0.0.1:{ll_port}/v1/chat/completions", {"Authorization": f"Bearer {MASTER_KEY}"})
+                f"{litellm}/v1/chat/completions", {"Authorization": f"Bearer {MASTER_KEY}"})
 
         # The gateway must really answer before anything is timed.
         check = httpx.post(paths["Tollgate gateway (auth, budget, ledger, spans)"][0], json=BODY, timeout=30,
@@ -285,13 +314,7 @@ def main() -> None:
                 print(f"\nc={c}: Tollgate/LiteLLM requests/s = {ratio:.2f}x; added p50 Tollgate {added_gw:.2f} ms "
                       f"vs LiteLLM {added_ll:.2f} ms ({added_gw / added_ll:.2f} of LiteLLM's)")
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
 
 
 if __name__ == "__main__":

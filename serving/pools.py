@@ -412,6 +412,14 @@ class PooledGenerationStream(GenerationStream):
         return result
 
     async def _iterate(self) -> AsyncIterator[TextDelta]:
+        async for batch in self._batches():
+            for delta in batch:
+                yield delta
+
+    def batches(self) -> AsyncIterator[list[TextDelta]]:
+        return self._batches()
+
+    async def _batches(self) -> AsyncIterator[list[TextDelta]]:
         if self._admitted_at is None:
             await self.admit()
         try:
@@ -419,8 +427,8 @@ class PooledGenerationStream(GenerationStream):
             self.inner = inner = replica.engine.stream(self.request)
             replica.outstanding += 1
             try:
-                async for delta in inner:
-                    yield delta
+                async for batch in inner.batches():
+                    yield batch
             except EngineRejected:
                 self._judge(replica.record_success)  # the replica answered; the request was wrong
                 raise

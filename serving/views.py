@@ -210,8 +210,10 @@ async def _generation(request: Request, path: str, wire_type, serve, **span_attr
 
 
 async def _sse(chunks, span: trace.Span):
-    async for chunk in chunks:
-        yield b"data: " + chunk.model_dump_json().encode() + b"\n\n"
+    # Each list of chunks (what was ready together) is one write: one send, one system call.
+    async for ready in chunks:
+        yield b"".join([b"data: " + (chunk if isinstance(chunk, bytes) else chunk.model_dump_json().encode()) + b"\n\n"
+                        for chunk in ready])
     yield b"data: [DONE]\n\n"
     span.set_attribute("http.response.status_code", 200)
 

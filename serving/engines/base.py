@@ -194,6 +194,20 @@ class GenerationStream(abc.ABC):
     @abc.abstractmethod
     def _iterate(self) -> AsyncIterator[TextDelta]: ...
 
+    def batches(self) -> AsyncIterator[list[TextDelta]]:
+        """The same deltas in lists, each what was already there together (a worker's burst, read at once),
+        so a streamed answer can pass a list on in one step and one write. Iterate either this or the
+        stream, once. By default each delta is a list of its own."""
+        return _one_by_one(self._iterate())
+
     @abc.abstractmethod
     async def cancel(self) -> None:
         """Stop generating now; `result` reports what was produced."""
+
+
+async def _one_by_one(deltas: AsyncIterator[TextDelta]) -> AsyncIterator[list[TextDelta]]:
+    try:
+        async for delta in deltas:
+            yield [delta]
+    finally:
+        await deltas.aclose()  # an engine's own clean-up runs now, not when the generator is collected

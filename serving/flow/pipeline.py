@@ -44,6 +44,11 @@ from ..stages import escalate, generate, idempotency, respond, settle
 from .context import CHAT, COMPLETIONS, EMBEDDINGS, RequestContext
 
 
+# A streamed answer's chunks come in lists: each list is what was ready together, to be sent in one write.
+# A chunk is a wire type, or the JSON of one already rendered (bytes: see respond.Chunks).
+ChunkLists = AsyncIterator[list[ChatCompletionChunk | CompletionResponse | ErrorResponse | bytes]]
+
+
 @dataclass
 class ChatOutcome:
     """A chat completion: the whole ``response``, or (``stream=True``) ``chunks`` to send as they come.
@@ -54,7 +59,7 @@ class ChatOutcome:
 
     headers: dict[str, str]
     response: ChatCompletionResponse | None = None
-    chunks: AsyncIterator[ChatCompletionChunk | ErrorResponse] | None = None
+    chunks: ChunkLists | None = None
     close: Callable[[], Awaitable[None]] = field(default=lambda: _nothing())
 
 
@@ -68,7 +73,7 @@ class CompletionsOutcome:
 
     headers: dict[str, str]
     response: CompletionResponse | None = None
-    chunks: AsyncIterator[CompletionResponse | ErrorResponse] | None = None
+    chunks: ChunkLists | None = None
     close: Callable[[], Awaitable[None]] = field(default=lambda: _nothing())
 
 
@@ -233,7 +238,7 @@ async def _serve_chat(ctx: RequestContext, own) -> ChatOutcome:
         if escalate.may_escalate(ctx):
             deltas = escalate.replayed(await _settled_if_it_fails(ctx, escalate.answer(ctx)))
         else:
-            deltas = generate.deltas(ctx)
+            deltas = generate.batches(ctx)
         first = await _settled_if_it_fails(ctx, anext(deltas, None))
         chunks = _stream(ctx, deltas, first, own)
         return ChatOutcome(headers=respond.stream_headers(ctx), chunks=chunks,
@@ -253,16 +258,16 @@ async def _answer_from_cache(ctx: RequestContext, own) -> ChatOutcome:
     return ChatOutcome(headers=respond.headers(ctx), chunks=chunks, close=chunks.aclose)
 
 
-async def _replayed_stream(ctx: RequestContext, text: str, own) -> AsyncIterator[ChatCompletionChunk]:
+async def _replayed_stream(ctx: RequestContext, text: str, own) -> ChunkLists:
     chunks = respond.Chunks(ctx)
-    try:
-        yield chunks.role()
-        for delta in respond.replayed_deltas(ctx.attempts[-1].result):
-            yield chunks.content(delta)
-        yield chunks.finish()
+    try:  # all of it is there already: one list, one write
+        out = [chunks.role()]
+        out += [chunks.content(delta) for delta in respond.replayed_deltas(ctx.attempts[-1].result)]
+        out.append(chunks.finish())
         final = chunks.usage()
         if final is not None:
-            yield final
+            out.append(final)
+        yield out
     finally:
         _end_own_span(own)
 
@@ -288,39 +293,46 @@ async def _settled_if_it_fails(ctx: RequestContext, step):
         raise
 
 
-async def _stream(ctx: RequestContext, deltas, first, own, chunks=None) -> AsyncIterator:
+async def _stream(ctx: RequestContext, batches, first, own, chunks=None) -> ChunkLists:
+    """The answer's chunks, a list per batch of deltas (``first`` is the first batch, already read)."""
     chunks = chunks or respond.Chunks(ctx)
     error: BaseException | None = None
     try:
         opening = chunks.role()  # a chat answer's role; a text completion's echoed prompt, if any
-        if opening is not None:
-            yield opening
+        out = [] if opening is None else [opening]  # sent with the first tokens: they are there already
         try:
             if first is not None:
-                if first.text or first.logprobs:
-                    yield chunks.content(first)
-                async for delta in deltas:
-                    if delta.text or delta.logprobs:  # a token held back by a stop string still has its logprob
-                        yield chunks.content(delta)
+                out += _content(chunks, first)
+                if out:
+                    yield out
+                async for batch in batches:
+                    out = _content(chunks, batch)
+                    if out:
+                        yield out
+            elif out:
+                yield out
         except errors.OpenAIError as exc:
             # Headers are gone already; the error travels as an SSE event, as OpenAI does.
             error = exc
             await asyncio.shield(settle.run(ctx))
-            yield exc.wire()
+            yield [exc.wire()]
             return
         await asyncio.shield(settle.run(ctx))
-        yield chunks.finish()
         final = chunks.usage()
-        if final is not None:
-            yield final
+        yield [chunks.finish()] if final is None else [chunks.finish(), final]
     except BaseException as exc:
         error = exc
         raise
     finally:
         if ctx.settled is None and not ctx.settling:
             # The client left (this generator is being closed or cancelled): stop and bill, shielded.
-            await asyncio.shield(_abandon(ctx, deltas))
+            await asyncio.shield(_abandon(ctx, batches))
         _end_own_span(own, error)
+
+
+def _content(chunks, batch) -> list:
+    # A token held back by a stop string has no text but still has its logprob.
+    return [chunks.content(delta) for delta in batch if delta.text or delta.logprobs]
 
 
 async def _close_stream(ctx: RequestContext, chunks, deltas, own) -> None:
@@ -387,7 +399,7 @@ async def _serve_completion(ctx: RequestContext, own, index: int) -> Completions
         return CompletionsOutcome(headers={**idempotency.replay_headers(ctx.replay), **ctx.response_headers},
                                   response=CompletionResponse.model_validate_json(ctx.replay.body))
     if ctx.request.stream:
-        deltas = generate.deltas(ctx)
+        deltas = generate.batches(ctx)
         first = await _settled_if_it_fails(ctx, anext(deltas, None))
         chunks = _stream(ctx, deltas, first, own, respond.CompletionChunks(ctx))
         return CompletionsOutcome(headers=respond.stream_headers(ctx), chunks=chunks,

@@ -75,6 +75,5 @@ def _held_escalation(ctx: RequestContext, current):
 
 
 async def replayed(deltas: list[TextDelta]):
-    """An answer already accepted, as the stream of deltas it was generated as."""
-    for delta in deltas:
-        yield delta
+    """An answer already accepted, as the stream of deltas it was generated as (one batch: all are ready)."""
+    yield deltas

@@ -116,9 +116,21 @@ async def _retry(ctx: RequestContext, failed: Attempt, exc: EngineError) -> bool
 
 
 async def deltas(ctx: RequestContext) -> AsyncIterator[TextDelta]:
-    """The answer's text deltas, retrying safe failures before the first one; marks each attempt's end.
+    """The answer's text deltas one by one (``batches``, flattened)."""
+    batched = batches(ctx)
+    try:
+        async for batch in batched:
+            for delta in batch:
+                yield delta
+    finally:
+        await batched.aclose()
 
-    The deadline is checked as deltas arrive (one clock read each, no timer task per token); an engine
+
+async def batches(ctx: RequestContext) -> AsyncIterator[list[TextDelta]]:
+    """The answer's text deltas in lists, each what the engine had ready together (one read from a worker),
+    retrying safe failures before the first one; marks each attempt's end.
+
+    The deadline is checked as lists arrive (one clock read each, no timer task per token); an engine
     that sends nothing at all is bounded by its read timeout (TOLLGATE_ENGINE_READ_TIMEOUT_S).
     A client that leaves (CancelledError) is not handled here: the flow cancels the engine and settles
     in one shielded step (``abandon``).
@@ -126,11 +138,11 @@ async def deltas(ctx: RequestContext) -> AsyncIterator[TextDelta]:
     sent = False
     while True:
         attempt = ctx.attempts[-1]
-        iterator = attempt.stream.__aiter__()
+        iterator = attempt.stream.batches()
         try:
-            async for delta in iterator:
+            async for batch in iterator:
                 sent = True
-                yield delta
+                yield batch
                 if time.monotonic() >= ctx.deadline:
                     await _timed_out(ctx, attempt, iterator)
                     return

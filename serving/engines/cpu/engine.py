@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 import random
+import gc
 import threading
 import time
 from collections import OrderedDict, deque
@@ -66,6 +67,9 @@ def get_tokenizer() -> ChatTokenizer:
         with _tokenizer_lock:
             if _tokenizer is None:
                 _tokenizer = ChatTokenizer()
+                # Loaded once per process, on the first prompt counted: the tokenizer and torch stay till
+                # the process ends, so the garbage collector stops walking them (as tollgate/asgi.py does).
+                gc.freeze()
     return _tokenizer
 
 
