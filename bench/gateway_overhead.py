@@ -295,8 +295,10 @@ def main() -> None:
             for name in paths:
                 r = results[(name, c)]
                 added = "–" if name == "upstream direct" else f"{r['p50'] - direct:.2f}"
+                # Only Tollgate embeds ClickHouse; the other processes' thread names mean nothing here.
+                ch = f"{r['ch_cpu_ms']:.2f}" if name.startswith("Tollgate") else "–"
                 print(f"| {name} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {added} | "
-                      f"{r['cpu_ms']:.2f} | {r['ch_cpu_ms']:.2f} | {r['errors']}{f' ({kinds})' if (kinds := r['error_kinds']) else ''} |")
+                      f"{r['cpu_ms']:.2f} | {ch} | {r['errors']}{f' ({kinds})' if (kinds := r['error_kinds']) else ''} |")
         if args.rate_limits:
             gw = "Tollgate gateway (auth, budget, ledger, spans)"
             for c in levels:
