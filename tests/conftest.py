@@ -178,8 +178,9 @@ def second_gateway(live_gateway, transactional_db, tmp_path):
     import sys
     from pathlib import Path
 
-    import httpx
     from django.db import connection
+
+    from tests.servers import wait_until_serving
 
     db = connection.settings_dict
     env = {**os.environ,
@@ -192,17 +193,7 @@ def second_gateway(live_gateway, transactional_db, tmp_path):
                               cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except httpx.TransportError:
-                if server.poll() is not None:
-                    raise RuntimeError(f"second gateway exited: {server.stdout.read()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("second gateway did not start")
-                time.sleep(0.2)
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
         yield LiveGateway(port)
     finally:
         server.terminate()

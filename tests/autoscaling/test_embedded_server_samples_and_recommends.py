@@ -15,6 +15,7 @@ import httpx
 import openai
 
 from tests.conftest import free_port
+from tests.servers import wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,15 +39,7 @@ def test_the_embedded_server_samples_its_pools_and_recommends(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                httpx.get(f"{base}/v1/models", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.3)
+        wait_until_serving(base, server)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
         client.chat.completions.create(model="tollgate-mini", max_tokens=5,
                                        messages=[{"role": "user", "content": "hi"}])

@@ -7,15 +7,14 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
 import openai
 
 from tests.conftest import free_port
+from tests.servers import wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,14 +59,7 @@ def test_sqlite_keeps_concurrent_spend_inside_the_budget_and_counters_equal_the_
     server = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, "server did not start"
-                time.sleep(0.3)
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
 
         async def fire(n):
             client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0,

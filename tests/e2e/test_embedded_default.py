@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from tests.conftest import free_port
+from tests.servers import wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,15 +49,7 @@ def test_seed_is_idempotent_and_the_server_answers_with_the_demo_key(embedded_en
                               env=embedded_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{base}/v1/models", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.3)
+        wait_until_serving(base, server)
 
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
         completion = client.chat.completions.create(model="tollgate-mini", max_tokens=5,

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import free_port
+from tests.servers import wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD_LINE = re.compile(r"CPU engine worker \(pid (\d+)\) on (http://127\.0\.0\.1:\d+)")
@@ -49,15 +50,7 @@ class Server:
         self.process = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(self.port)], cwd=ROOT,
                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{self.base}/v1/models", timeout=2)
-                break
-            except httpx.TransportError:
-                assert self.process.poll() is None, self.output
-                assert time.monotonic() < deadline, "server did not start:\n" + self.output
-                time.sleep(0.3)
+        wait_until_serving(self.base, self.process, timeout_s=120, output=lambda: self.output)
 
     def _read(self):
         for line in self.process.stdout:
