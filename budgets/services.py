@@ -24,7 +24,8 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from core import db
-from core.memo import Memo, Throttle
+from core.memo import NEEDS_A_THREAD, Memo, NotInMemory, Throttle, in_memory_only
+from core.threads import on_thread_pool
 from core.money import format_usd
 from metering import pricing
 
@@ -227,11 +228,16 @@ def counter_for(budget: Budget, start: datetime, end: datetime) -> BudgetCounter
 
 
 def _status(budget: Budget, counter: BudgetCounter, **extra) -> BudgetStatus:
+    return _status_of(budget, counter.spent, counter.reserved, counter.window_start, counter.window_end, **extra)
+
+
+def _status_of(budget: Budget, spent: Decimal, reserved: Decimal, start: datetime, end: datetime,
+               **extra) -> BudgetStatus:
     return BudgetStatus(
         budget_id=budget.pk, scope_label=budget.scope_label, feature=budget.feature.slug if budget.feature_id else "",
-        amount=budget.amount, spent=counter.spent, reserved=counter.reserved, period_start=counter.window_start,
-        period_end=counter.window_end, action=budget.action, period=budget.period,
-        downgrade_at_percent=budget.downgrade_at_percent, is_active=budget.is_active, **extra,
+        amount=budget.amount, spent=spent, reserved=reserved, period_start=start, period_end=end,
+        action=budget.action, period=budget.period, downgrade_at_percent=budget.downgrade_at_percent,
+        is_active=budget.is_active, **extra,
     )
 
 
@@ -259,7 +265,7 @@ def _downgrade_choice(alternatives: Sequence[CostEstimate], cap: int | None) -> 
 
 def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key_id: int | None,
                    user_id: int | None, estimate: CostEstimate, at: datetime, *, quality_high: bool = False,
-                   alternatives: Sequence[CostEstimate] = ()) -> Reservation:
+                   alternatives: Sequence[CostEstimate] = (), fast_path: bool = True) -> Reservation:
     """Hold the worst-case cost against every covering budget, or refuse.
 
     Raises BudgetExceeded when a block budget has no room for the worst case,
@@ -268,14 +274,16 @@ def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key
     ways the router found to serve the same request (cheapest first, each
     with its prompt counted on its own model); a downgrading budget picks
     among them here, under its locks, and never calls back into serving.
-    The chosen estimate is the reservation's ``estimate``.
+    The chosen estimate is the reservation's ``estimate``. ``fast_path=False``
+    goes straight to the locked path (``areserve_budget`` already found that
+    the one-statement hold cannot decide).
     """
     covering = covering_budgets(org_id, feature_id, api_key_id, user_id, at)
     if not covering:
         return Reservation(request_id=request_id, estimate=estimate)
     _sweep_stale_reservations_now_and_then()
     budgets_by_id = {budget.pk: budget for budget, _, _ in covering}
-    if connection.vendor == "postgresql":
+    if fast_path and connection.vendor == "postgresql":
         held = _reserve_in_one_statement(request_id, budgets_by_id,
                                          [_counter_id(b, start, end) for b, start, end in covering], estimate, at)
         if held is not None:
@@ -381,27 +389,66 @@ def _reserve_in_one_statement(request_id: str, budgets_by_id: dict[int, Budget],
     """
     if not db.can_batch():
         return None
-    worst_case = estimate.worst_case
     # A hold need not survive a database crash: settlement subtracts only the holds it finds and
     # counts the cost either way. So its commit skips the wait for the WAL flush; the settlement,
     # which writes the ledger row, keeps it.
-    rows = db.run_transaction(
-        [*_locking(counter_ids),
-         db.Statement(_RESERVE, [worst_case, timezone.now(), _ids(counter_ids), request_id, worst_case, at])],
-        synchronous_commit=False,
-    )
-    statuses = []
-    for counter_id, budget_id, spent, reserved, start, end, _ in rows:
-        counter = BudgetCounter(pk=counter_id, budget_id=budget_id, spent=spent, reserved=reserved - worst_case,
-                                window_start=start, window_end=end)
-        statuses.append(_status(budgets_by_id[budget_id], counter))
+    rows = db.run_transaction(_hold_statements(request_id, counter_ids, estimate, at), synchronous_commit=False)
+    held, release = _reservation_from_hold(request_id, budgets_by_id, counter_ids, estimate, rows)
+    if release:
+        db.run_transaction(release)
+    return held
+
+
+async def areserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key_id: int | None,
+                          user_id: int | None, estimate: CostEstimate, at: datetime) -> Reservation | None:
+    """``reserve_budget``'s fast path from the event loop (``db.async_ready()``), with no thread crossed.
+
+    Raises ``NotInMemory`` when this process must first read budgets or
+    counters from the database, or housekeeping is due: call
+    ``reserve_budget`` on a thread then. Returns None when the one-statement
+    hold cannot decide (a budget downgrading or out of room): call
+    ``reserve_budget(..., fast_path=False)`` on a thread, which decides
+    under the locks.
+    """
+    try:
+        with in_memory_only():
+            covering = covering_budgets(org_id, feature_id, api_key_id, user_id, at)
+            if not covering:
+                return Reservation(request_id=request_id, estimate=estimate)
+            _sweep_stale_reservations_now_and_then()
+            counter_ids = [_counter_id(b, start, end) for b, start, end in covering]
+    except NEEDS_A_THREAD as exc:  # only from here: once the hold is sent, nothing may be done twice
+        raise NotInMemory(str(exc)) from exc
+    budgets_by_id = {budget.pk: budget for budget, _, _ in covering}
+    rows = await db.arun_transaction(_hold_statements(request_id, counter_ids, estimate, at),
+                                     synchronous_commit=False)  # as in _reserve_in_one_statement
+    held, release = _reservation_from_hold(request_id, budgets_by_id, counter_ids, estimate, rows)
+    if release:
+        await db.arun_transaction(release)
+    return held
+
+
+def _hold_statements(request_id: str, counter_ids: list[int], estimate: CostEstimate,
+                     at: datetime) -> list[db.Statement]:
+    worst_case = estimate.worst_case
+    return [*_locking(counter_ids),
+            db.Statement(_RESERVE, [worst_case, timezone.now(), _ids(counter_ids), request_id, worst_case, at])]
+
+
+def _reservation_from_hold(request_id: str, budgets_by_id: dict[int, Budget], counter_ids: list[int],
+                           estimate: CostEstimate, rows: list[tuple]) -> tuple[Reservation | None, list[db.Statement]]:
+    """What the one-statement hold's ``rows`` mean: (the reservation, nothing to run), or (None, the statements
+    that give the hold back) when the locked path must decide."""
+    worst_case = estimate.worst_case
+    # (The counters' values straight into statuses: a model instance per row cost more than the rest here.)
+    statuses = [_status_of(budgets_by_id[budget_id], spent, reserved - worst_case, start, end)
+                for _, budget_id, spent, reserved, start, end, _ in rows]
     over = any(s.action == Budget.Action.BLOCK and s.spent + s.reserved + worst_case > s.amount for s in statuses)
     if len(rows) != len(counter_ids) or over or any(s.downgrading for s in statuses):
-        if rows:
-            db.run_transaction([*_locking(counter_ids), db.Statement(_RELEASE, [_ids(r[6] for r in rows)])])
         if len(rows) != len(counter_ids):  # a counter went away (budget deleted): re-read
             forget_cached_budgets()
-        return None
+        release = [*_locking(counter_ids), db.Statement(_RELEASE, [_ids(r[6] for r in rows)])] if rows else []
+        return None, release
     rows.sort(key=lambda r: (r[1], r[4]))
     statuses.sort(key=lambda s: (s.budget_id, s.period_start))
     held = tuple(
@@ -411,7 +458,7 @@ def _reserve_in_one_statement(request_id: str, budgets_by_id: dict[int, Budget],
         for counter_id, budget_id, _, _, start, end, _ in rows
     )
     return Reservation(request_id=request_id, estimate=estimate, amount=worst_case, held=held,
-                       reservation_ids=tuple(r[6] for r in rows), statuses=statuses)
+                       reservation_ids=tuple(r[6] for r in rows), statuses=statuses), []
 
 
 _SETTLE = f"""
@@ -448,6 +495,18 @@ def after_settlement(reservation: Reservation | None, cost: Decimal, rows: list[
     crossed, remaining = _crossings(reservation, cost, dict(rows))
     _raise_threshold_alerts(crossed)
     _check_forecasts(reservation)
+    return remaining
+
+
+async def aafter_settlement(reservation: Reservation | None, cost: Decimal, rows: list[tuple]) -> Decimal | None:
+    """``after_settlement`` from the event loop: in memory when no threshold was crossed and no forecast check
+    is due (nearly always); otherwise on a thread, since alerts write to the database."""
+    if reservation is None or not reservation.held or reservation.closed:
+        return None
+    crossed, remaining = _crossings(reservation, cost, dict(rows))
+    if crossed or any(_housekeeping.pending(("forecast", held.budget_id)) for held in reservation.held):
+        return await on_thread_pool(after_settlement)(reservation, cost, rows)
+    reservation.closed = True
     return remaining
 
 

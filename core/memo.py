@@ -24,17 +24,20 @@ money (budget counters, the ledger) is always read from the database.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
 import redis
 from django.conf import settings
+from django.core.exceptions import SynchronousOnlyOperation
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,37 @@ V = TypeVar("V")
 
 _MISSING = object()
 _all_memos: "weakref.WeakSet[Memo]" = weakref.WeakSet()
+
+
+class NotInMemory(Exception):
+    """Raised inside ``in_memory_only()`` where a memo would have to load (or a throttled housekeeping step is
+    due): the caller does the same work again on a thread, where loading is allowed."""
+
+
+# What code run under ``in_memory_only()`` may raise when it needed I/O: ``NotInMemory``, or Django refusing a
+# query on the event loop (a read that is not behind a memo). Either way nothing was written: do it on a thread.
+NEEDS_A_THREAD: tuple[type[Exception], ...] = (NotInMemory, SynchronousOnlyOperation)
+
+_in_memory_only: contextvars.ContextVar[bool] = contextvars.ContextVar("tollgate_in_memory_only", default=False)
+
+
+def loading(what: str) -> None:
+    """Call before reading configuration from the database outside a ``Memo``: raises ``NotInMemory``
+    inside ``in_memory_only()``."""
+    if _in_memory_only.get():
+        raise NotInMemory(what)
+
+
+@contextlib.contextmanager
+def in_memory_only() -> Iterator[None]:
+    """Run code that reads memos on the event loop: a memo that holds the value answers as usual, one that
+    would load raises ``NotInMemory`` instead of blocking the loop on the database (so does a ``Throttle``
+    whose step is due). What ran before the raise must be safe to run again."""
+    token = _in_memory_only.set(True)
+    try:
+        yield
+    finally:
+        _in_memory_only.reset(token)
 
 
 class Memo(Generic[V]):
@@ -71,6 +105,7 @@ class Memo(Generic[V]):
         entry = self._entries.get(key, _MISSING)
         if entry is not _MISSING and entry[0] > now:
             return entry[1]
+        loading(self.name)
         if self.shared and _listener_pid != os.getpid():
             _start_listening()
         generation = self._generation
@@ -124,6 +159,7 @@ class Throttle:
         now = time.monotonic()
         if self._next.get(key, 0.0) > now:
             return False
+        loading(f"housekeeping {key}")  # the step does I/O: not here, and not counted as done
         self._next[key] = now + interval_s
         return True
 

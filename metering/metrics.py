@@ -46,6 +46,11 @@ _slugs: dict[int, str] = {}
 _slugs_lock = threading.Lock()
 
 
+def knows_org(org_id: int) -> bool:
+    """Whether ``observe_usage`` can label this org's rows without reading the database."""
+    return org_id in _slugs
+
+
 def _org_slug(org_id: int) -> str:
     slug = _slugs.get(org_id)
     if slug is None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+import pydantic_core
 from django.db import connection, transaction
 
 from core import db
+from core.memo import NotInMemory
 
 from . import costs
-from .metrics import observe_usage
+from .metrics import knows_org, observe_usage
 from .models import ChargebackMode, UsageRecord
 
 
@@ -185,7 +187,9 @@ _INSERT_SQL = "INSERT INTO {} ({}) VALUES ({})".format(
 # The row as one JSON document that PostgreSQL spreads over the columns. Why not one parameter per column:
 # psycopg parses and caches a statement's placeholders only up to 50 parameters, and the ledger has more,
 # so every request paid for parsing the whole transaction's text and quoting each value (0.14 ms against
-# 0.03 ms, measured); one parameter keeps the statement cached and the values go out in one json.dumps.
+# 0.03 ms, measured); one parameter keeps the statement cached and the values go out as one document.
+# pydantic-core writes it (Decimal, UUID and aware datetimes as their exact text) in 5 µs against the json
+# module's 26 µs with ``default=str``, measured on a ledger row's 51 values.
 _INSERT_JSON_SQL = 'INSERT INTO "{0}" SELECT * FROM json_populate_record(NULL::"{0}", %s)'.format(
     UsageRecord._meta.db_table)
 _INSERT_COLUMNS = [(f.column, f.attname) for f in _INSERT_FIELDS]
@@ -201,10 +205,9 @@ def ledger_insert(record: UsageRecord) -> db.Statement:
     sends the row one parameter per column instead.
     """
     row = {column: getattr(record, attname) for column, attname in _INSERT_COLUMNS}
-    try:
-        return db.Statement(_INSERT_JSON_SQL, [json.dumps(row, default=str, allow_nan=False)])
-    except ValueError:
+    if any(type(value) is float and not math.isfinite(value) for value in row.values()):
         return db.Statement(_INSERT_SQL, [getattr(record, f.attname) for f in _INSERT_FIELDS])
+    return db.Statement(_INSERT_JSON_SQL, [pydantic_core.to_json(row).decode()])
 
 
 def mark_saved(record: UsageRecord) -> None:
@@ -217,3 +220,10 @@ def ledger_committed(record: UsageRecord) -> None:
     """After the transaction holding ``record`` (from ``ledger_insert``) committed: count it for /metrics."""
     mark_saved(record)
     observe_usage(record)
+
+
+def ledger_committed_in_memory(record: UsageRecord) -> None:
+    """Raise ``NotInMemory`` unless ``ledger_committed(record)`` runs without the database, so a caller on the
+    event loop knows before it commits (after the commit there is no going back to a thread)."""
+    if not knows_org(record.organization_id):
+        raise NotInMemory("org slugs")

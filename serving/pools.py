@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from core.memo import loading
+
 from .engines.base import (
     ChatMessage,
     Engine,
@@ -578,6 +580,7 @@ def pool_topology() -> PoolTopology:
     now = time.monotonic()
     if _topology is not None and now - _loaded_at < settings.TOLLGATE_POOL_CONFIG_TTL_S:
         return _topology
+    loading("pool topology")
     with _topology_lock:
         if _topology is None or time.monotonic() - _loaded_at >= settings.TOLLGATE_POOL_CONFIG_TTL_S:
             signature = _configured()

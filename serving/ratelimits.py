@@ -19,6 +19,9 @@ Stores:
   processes with skewed clocks still share one window.
 * ``MemoryStore`` (no Redis: the embedded default): the same arithmetic in this process under a lock.
 
+From the web server's event loop the check costs no thread: ``MemoryStore`` answers in memory, and
+``RedisStore`` runs the same script on redis-py's asyncio client (``aadmit``), one per event loop.
+
 If Redis cannot be reached the request is admitted (fail open), ``tollgate_rate_limit_store_errors_total``
 counts it and the log says so at most every ``_LOG_EVERY_S`` (docs/operations.md): a rate limit protects
 capacity, and budgets, which do fail closed, still protect money.
@@ -26,13 +29,16 @@ capacity, and budgets, which do fail closed, still protect money.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
 from django.conf import settings
 
 from metering.metrics import RATE_LIMIT_STORE_ERRORS
@@ -221,29 +227,58 @@ class RedisStore:
     RETRY_AFTER_S = 1.0
 
     def __init__(self, url: str, timeout_s: float):
+        self.url, self.timeout_s = url, timeout_s
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._admit = self.client.register_script(_ADMIT_LUA)  # EVALSHA; loads the script once if missing
+        # The asyncio client's connections belong to the loop that opened them: one client per loop.
+        self._async_admit: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._down_until = 0.0
 
     def admit(self, limits: tuple[Limit, ...], costs: tuple[int, ...]) -> Decision:
-        if self._down_until and time.monotonic() < self._down_until:
-            raise StoreDown("failed less than a second ago")
+        self._check_not_down()
         try:
-            return self._admit_in_redis(limits, costs)
+            return self._decision(limits, costs, self._admit(keys=_keys(limits), args=_args(limits, costs)))
         except redis.RedisError:
             self._down_until = time.monotonic() + self.RETRY_AFTER_S
             raise
 
-    def _admit_in_redis(self, limits: tuple[Limit, ...], costs: tuple[int, ...]) -> Decision:
-        args = [WINDOW_MS]
-        for limit, cost in zip(limits, costs):
-            args += [limit.per_minute, cost]
-        out = self._admit(keys=[limit.store_key for limit in limits], args=args)
+    async def aadmit(self, limits: tuple[Limit, ...], costs: tuple[int, ...]) -> Decision:
+        """``admit`` from an event loop, on redis-py's asyncio client: the same script, the same failures."""
+        self._check_not_down()
+        loop = asyncio.get_running_loop()
+        script = self._async_admit.get(loop)
+        if script is None:
+            client = redis.asyncio.Redis.from_url(self.url, socket_timeout=self.timeout_s,
+                                                  socket_connect_timeout=self.timeout_s)
+            script = self._async_admit[loop] = client.register_script(_ADMIT_LUA)
+        try:
+            return self._decision(limits, costs, await script(keys=_keys(limits), args=_args(limits, costs)))
+        except redis.RedisError:
+            self._down_until = time.monotonic() + self.RETRY_AFTER_S
+            raise
+
+    def _check_not_down(self) -> None:
+        if self._down_until and time.monotonic() < self._down_until:
+            raise StoreDown("failed less than a second ago")
+
+    @staticmethod
+    def _decision(limits: tuple[Limit, ...], costs: tuple[int, ...], out) -> Decision:
         refused, wait = int(out[0]), int(out[1])
         states = tuple(LimitState(limit, int(out[2 * i + 2]), int(out[2 * i + 3])) for i, limit in enumerate(limits))
         if refused == 0:
             return Decision(True, states)
         return Decision(False, states, limits[refused - 1], wait, costs[refused - 1])
+
+
+def _keys(limits: tuple[Limit, ...]) -> list[str]:
+    return [limit.store_key for limit in limits]
+
+
+def _args(limits: tuple[Limit, ...], costs: tuple[int, ...]) -> list[int]:
+    args = [WINDOW_MS]
+    for limit, cost in zip(limits, costs):
+        args += [limit.per_minute, cost]
+    return args
 
 
 _stores: dict[str, MemoryStore | RedisStore] = {}
@@ -263,21 +298,46 @@ def store():
     return found
 
 
+def _costs(limits: tuple[Limit, ...], tokens: int) -> tuple[int, ...]:
+    return tuple(1 if limit.kind == REQUESTS else tokens for limit in limits)
+
+
 def admit(limits: tuple[Limit, ...], tokens: int) -> Decision:
     """Check and take one request of ``tokens`` against ``limits``; admitted (fail open) if Redis is down."""
     if not limits:
         return Decision(True)
-    costs = tuple(1 if limit.kind == REQUESTS else tokens for limit in limits)
     try:
-        return store().admit(limits, costs)
+        return store().admit(limits, _costs(limits, tokens))
     except (redis.RedisError, StoreDown) as exc:
-        global _last_logged
-        RATE_LIMIT_STORE_ERRORS.inc()
-        now = time.monotonic()
-        if now - _last_logged >= _LOG_EVERY_S:
-            _last_logged = now
-            logger.warning("rate limits not enforced (fail open): the rate-limit store is unreachable: %s", exc)
+        return _failed_open(exc)
+
+
+def admits_in_memory() -> bool:
+    """Whether ``admit`` needs no I/O here (no Redis configured: this process's counters)."""
+    return isinstance(store(), MemoryStore)
+
+
+async def aadmit(limits: tuple[Limit, ...], tokens: int) -> Decision:
+    """``admit`` from an event loop, without a thread: in memory, or on Redis's asyncio client."""
+    if not limits:
         return Decision(True)
+    found = store()
+    try:
+        if isinstance(found, MemoryStore):
+            return found.admit(limits, _costs(limits, tokens))
+        return await found.aadmit(limits, _costs(limits, tokens))
+    except (redis.RedisError, StoreDown) as exc:
+        return _failed_open(exc)
+
+
+def _failed_open(exc: BaseException) -> Decision:
+    global _last_logged
+    RATE_LIMIT_STORE_ERRORS.inc()
+    now = time.monotonic()
+    if now - _last_logged >= _LOG_EVERY_S:
+        _last_logged = now
+        logger.warning("rate limits not enforced (fail open): the rate-limit store is unreachable: %s", exc)
+    return Decision(True)
 
 
 # ----------------------------------------------------------------- OpenAI's headers

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from core import db
 from core.stores import STORE_ERRORS
 from core.threads import on_thread_pool
 from metering import pricing
@@ -111,6 +112,7 @@ def _server_span(name: str, request: Request, request_id: str, **attributes) -> 
 
 async def _serve(request: Request, request_id: str, span: trace.Span, wire_type, serve):
     """``(outcome, None)`` from the flow, or ``(None, error response)``; the span is ended on any error."""
+    db.use_async_pool_on_this_loop()  # the flow's budget hold and settlement run from this loop
     try:
         try:
             return await serve(await _context(request, request_id, span, wire_type)), None

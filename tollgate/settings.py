@@ -124,6 +124,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Seconds a request waits for a connection; when PostgreSQL is down, how soon it gets its 503.
         "timeout": float(env("DATABASE_POOL_TIMEOUT_S", "10")),
     }
+    # A pooled connection is checked (an empty query) when a thread takes it: after a database outage the
+    # idle connections are all dead, and the gateway's hot path no longer takes Django's connections often
+    # enough to flush them (core/db.py runs its transactions on its own async pool, which checks without a
+    # round trip). Unchecked, each dead one failed a later request (a memo reload, an admin page) with a 503.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The gateway writes from several threads; wait for the lock rather than fail.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
@@ -417,6 +422,10 @@ TOLLGATE_CONFIG_CACHE_TTL_S = float(env("TOLLGATE_CONFIG_CACHE_TTL_S", "5"))
 # served request's usage can be lost. false: the commit returns before the flush (about 1 ms sooner on
 # this project's machines); a PostgreSQL crash may then lose the last fraction of a second of ledger rows.
 TOLLGATE_LEDGER_SYNCHRONOUS_COMMIT = env_bool("TOLLGATE_LEDGER_SYNCHRONOUS_COMMIT", True)
+# The budget hold and the settlement run from the web server's event loop on psycopg's async pool (PostgreSQL
+# only; its own connections, up to DATABASE_POOL_MAX_SIZE more): no thread-pool hop per request. false: both
+# run on the thread pool through Django's connections, as everything else does.
+TOLLGATE_ASYNC_DATABASE = env_bool("TOLLGATE_ASYNC_DATABASE", True)
 TOLLGATE_PREFIX_AFFINITY_CHARS = env_int("TOLLGATE_PREFIX_AFFINITY_CHARS", 256)
 TOLLGATE_PREFIX_AFFINITY_SLACK = env_int("TOLLGATE_PREFIX_AFFINITY_SLACK", 4)
 TOLLGATE_HEALTH_CHECK_INTERVAL_S = float(env("TOLLGATE_HEALTH_CHECK_INTERVAL_S", "2"))

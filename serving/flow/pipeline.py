@@ -92,11 +92,14 @@ class _Stage:
     and, where it has one, its ``run_in_memory(ctx) -> bool``: the stage finished without I/O (True), or
     nothing changed and ``run`` is needed (False). That never blocks, so it runs on the event loop, or on the
     pool thread of the blocking stage before it: most requests then cross to the thread pool once for all
-    the stages before the generation instead of once per blocking stage."""
+    the stages before the generation instead of once per blocking stage, and none when every stage finishes
+    in memory or in its ``run_async(ctx) -> bool`` (a coroutine: its I/O done from the event loop, True; or
+    nothing changed, False, and ``run`` is needed)."""
 
     run: Callable
     blocking: bool
     run_in_memory: Callable[[RequestContext], bool] | None
+    run_async: Callable[[RequestContext], Awaitable[bool]] | None
 
 
 _loaded: dict[tuple[str, ...], tuple[_Stage, ...]] = {}
@@ -107,7 +110,8 @@ def stages_at(paths: list[str] | tuple[str, ...]) -> tuple[_Stage, ...]:
     key = tuple(paths)
     if key not in _loaded:
         modules = [import_module(path) for path in key]
-        _loaded[key] = tuple(_Stage(m.run, not inspect.iscoroutinefunction(m.run), getattr(m, "run_in_memory", None))
+        _loaded[key] = tuple(_Stage(m.run, not inspect.iscoroutinefunction(m.run), getattr(m, "run_in_memory", None),
+                                    getattr(m, "run_async", None))
                              for m in modules)
     return _loaded[key]
 
@@ -139,6 +143,8 @@ async def _run_stages(ctx: RequestContext, paths) -> None:
         while at < len(stages):
             stage = stages[at]
             if stage.run_in_memory is not None and stage.run_in_memory(ctx):
+                at += 1
+            elif stage.run_async is not None and await stage.run_async(ctx):
                 at += 1
             elif stage.blocking:
                 at = await _on_thread_pool_from(ctx, stages, at)

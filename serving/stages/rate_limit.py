@@ -12,7 +12,9 @@ count stands: a request that produced fewer tokens than it could is not refunded
 tokenized to more than the estimate is not charged again (docs/operations.md). Embeddings count their
 input alone.
 
-Blocking (a Redis round trip): it runs on the thread pool in the same trip as the stages after it.
+On the event loop without a thread: in memory when no limit applies or no Redis is configured, else the
+admission script on Redis's asyncio client (``run_async``). ``run`` (blocking) is the same for callers
+on a thread.
 """
 
 from __future__ import annotations
@@ -40,15 +42,31 @@ def estimated_tokens(ctx: RequestContext) -> int:
 
 
 def run_in_memory(ctx: RequestContext) -> bool:
-    """Done without I/O for a request under no limit at all; False when the limits need the store."""
-    return not ratelimits.limits_for(ctx.tenant)
+    """Done without I/O for a request under no limit at all, or counted in this process (no Redis); False
+    when the limits need the store."""
+    limits = ratelimits.limits_for(ctx.tenant)
+    if not limits:
+        return True
+    if not ratelimits.admits_in_memory():
+        return False
+    _apply(ctx, ratelimits.admit(limits, estimated_tokens(ctx)))
+    return True
+
+
+async def run_async(ctx: RequestContext) -> bool:
+    _apply(ctx, await ratelimits.aadmit(ratelimits.limits_for(ctx.tenant), estimated_tokens(ctx)))
+    return True
 
 
 def run(ctx: RequestContext) -> None:
     limits = ratelimits.limits_for(ctx.tenant)
     if not limits:
         return
-    decision = ratelimits.admit(limits, estimated_tokens(ctx))
+    _apply(ctx, ratelimits.admit(limits, estimated_tokens(ctx)))
+
+
+def _apply(ctx: RequestContext, decision: ratelimits.Decision) -> None:
+    """The decision's headers on the answer; a refusal raised as 429."""
     headers = ratelimits.headers(decision)
     ctx.response_headers.update(headers)
     if decision.admitted:

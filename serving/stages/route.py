@@ -17,10 +17,14 @@ decision goes on the route (span, usage rows) and in ``X-Tollgate-Route``.
 
 from __future__ import annotations
 
+import time
+
 from django.conf import settings
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from budgets import services as budgets
+from core.memo import NEEDS_A_THREAD, in_memory_only
 from metering import pricing
 from metering.tracing import decision_attributes, route_attributes, tracer
 from routing import services as routing
@@ -32,21 +36,64 @@ from ..pools import deployment_for_model, engine_for_model
 from ..protocol import ChatCompletionRequest
 
 
+# Prompts up to this many characters are counted on the event loop (a few hundred microseconds at most).
+COUNT_ON_LOOP_MAX_CHARS = 16_384
+
+
 def run(ctx: RequestContext) -> None:
     with tracer.start_as_current_span("route", context=trace.set_span_in_context(ctx.span),
                                       attributes={"gen_ai.request.model": ctx.request.model}) as span:
         ctx.route = route_embeddings(ctx) if ctx.endpoint == EMBEDDINGS else route_chat(ctx)
-        span.set_attributes(route_attributes(ctx.route.primary.estimate.entry))
-        if getattr(ctx.request, "user", None):
-            span.set_attribute("tollgate.end_user", ctx.request.user[:256])  # the caller's own end-user id
-        if ctx.route.alternatives:
-            span.set_attribute("tollgate.route.alternatives", [o.model for o in ctx.route.alternatives])
-        decision = ctx.route.decision
-        if decision is not None:
-            span.set_attributes(decision_attributes(requested=decision.requested, tier=decision.tier,
-                                                    model=decision.model, reason=decision.reason,
-                                                    score=decision.score))
-            ctx.response_headers["X-Tollgate-Route"] = routing.route_header(decision.tier, decision.reason)
+        _describe(ctx, span)
+
+
+def run_in_memory(ctx: RequestContext) -> bool:
+    """Route on the event loop when this process holds everything routing reads (catalog, prices, pools,
+    policies, budget definitions); False, with nothing decided, when some of it must be loaded first.
+    ``model: "auto"``, embeddings and long prompts always go to ``run``: the router may embed the prompt,
+    and counting a long prompt's tokens is CPU work that would hold up every other request on the loop."""
+    if ctx.request.model == routing.AUTO or ctx.endpoint == EMBEDDINGS:
+        return False
+    ctx.messages = ctx.messages or ctx.request.to_chat_messages()
+    if sum(len(m.content or "") for m in ctx.messages) > COUNT_ON_LOOP_MAX_CHARS:
+        return False
+    started = time.time_ns()
+    try:
+        with in_memory_only():
+            route = route_chat(ctx)
+    except NEEDS_A_THREAD:
+        return False
+    except Exception as exc:
+        span = _span(ctx, started)
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.end()
+        raise
+    ctx.route = route
+    span = _span(ctx, started)
+    _describe(ctx, span)
+    span.end()
+    return True
+
+
+def _span(ctx: RequestContext, started_ns: int) -> trace.Span:
+    # Started once routing is known to finish here, dated from when it began.
+    return tracer.start_span("route", context=trace.set_span_in_context(ctx.span), start_time=started_ns,
+                             attributes={"gen_ai.request.model": ctx.request.model})
+
+
+def _describe(ctx: RequestContext, span: trace.Span) -> None:
+    span.set_attributes(route_attributes(ctx.route.primary.estimate.entry))
+    if getattr(ctx.request, "user", None):
+        span.set_attribute("tollgate.end_user", ctx.request.user[:256])  # the caller's own end-user id
+    if ctx.route.alternatives:
+        span.set_attribute("tollgate.route.alternatives", [o.model for o in ctx.route.alternatives])
+    decision = ctx.route.decision
+    if decision is not None:
+        span.set_attributes(decision_attributes(requested=decision.requested, tier=decision.tier,
+                                                model=decision.model, reason=decision.reason,
+                                                score=decision.score))
+        ctx.response_headers["X-Tollgate-Route"] = routing.route_header(decision.tier, decision.reason)
 
 
 def _catalog_entry(model: str, ctx: RequestContext) -> pricing.CatalogEntry:

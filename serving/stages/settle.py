@@ -16,16 +16,13 @@ from decimal import Decimal
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from budgets.settlement import SettledUsage, settle_usage
-from core.threads import on_thread_pool
+from budgets.settlement import SettledUsage, asettle_usage
 from metering import pricing
 from metering.models import UsageRecord
 from metering.services import UsageDraft
 from metering.tracing import tracer, usage_attributes
 
 from ..flow.context import EMBEDDINGS, GENERATION_KINDS, Attempt, RequestContext
-
-asettle_usage = on_thread_pool(settle_usage)
 
 NOTHING = SettledUsage(records=(), cost=Decimal(0), budget_remaining=None)
 

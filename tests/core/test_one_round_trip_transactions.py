@@ -1,11 +1,13 @@
 """core/db.py: a transaction sent as one string is atomic, and a failure leaves the connection usable."""
 
+import asyncio
+
 import pytest
 from django.db import connection
 from django.db.utils import DatabaseError
 
 from core import db
-from core.memo import Memo
+from core.memo import Memo, NotInMemory, Throttle, in_memory_only
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,3 +62,76 @@ def test_a_memo_never_keeps_a_value_loaded_across_an_invalidation():
     assert memo.get("k", load_then_change_happens) == "old"
     assert memo.get("k", lambda: "new") == "new"
     assert memo.get("k", lambda: "newer") == "new"  # memoized now
+
+
+# ----------------------------------------------------------------- from the event loop (psycopg's async pool)
+
+
+def _on_an_opted_in_loop(body):
+    """Run ``body()`` (a coroutine function) on a fresh loop that opted in to the async pool, then close it."""
+    async def run():
+        db.use_async_pool_on_this_loop()
+        try:
+            return await body()
+        finally:
+            await db.close_async_pool_on_this_loop()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_from_the_event_loop_the_same_transaction_returns_the_same_rows(scratch_table):
+    async def body():
+        assert db.async_ready()
+        return await db.arun_transaction([
+            db.Statement("INSERT INTO scratch VALUES (%s, %s)", [1, "a"]),
+            db.Statement("INSERT INTO scratch VALUES (%s, %s) RETURNING id, note", [2, "b"]),
+        ], synchronous_commit=False)
+
+    assert _on_an_opted_in_loop(body) == [(2, "b")]
+    assert count() == 2
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_from_the_event_loop_a_failure_is_djangos_error_rolls_back_and_leaves_the_pool_usable(scratch_table):
+    async def body():
+        with pytest.raises(DatabaseError):  # Django's, so the edge answers 503 as for the ORM
+            await db.arun_transaction([
+                db.Statement("INSERT INTO scratch VALUES (%s, %s)", [1, "a"]),
+                db.Statement("INSERT INTO scratch VALUES (%s, %s)", [1, "duplicate key"]),
+            ])
+        for n in range(3):  # more than the pool's connections at first: each came back clean
+            await db.arun_transaction([db.Statement("INSERT INTO scratch VALUES (%s, %s)", [10 + n, "ok"])])
+
+    _on_an_opted_in_loop(body)
+    assert count() == 3
+
+
+def test_a_loop_that_did_not_opt_in_is_not_ready():
+    async def body():
+        return db.async_ready()
+
+    assert db.async_ready() is False  # no loop at all
+    assert asyncio.run(body()) is False  # a task's or command's own loop never opens a pool
+
+
+def test_in_memory_only_a_memo_that_would_load_raises_instead():
+    memo = Memo("test in memory")
+    loads = []
+    with in_memory_only():
+        with pytest.raises(NotInMemory):
+            memo.get("k", lambda: loads.append(1) or "v")
+    assert loads == []  # nothing was read
+    assert memo.get("k", lambda: "v") == "v"
+    with in_memory_only():
+        assert memo.get("k", lambda: "other") == "v"  # held: answered as usual
+
+
+def test_in_memory_only_a_due_housekeeping_step_raises_and_stays_due():
+    throttle = Throttle()
+    with in_memory_only():
+        with pytest.raises(NotInMemory):
+            throttle.due("sweep", 60)
+    assert throttle.due("sweep", 60) is True  # not counted as done while it could not run
+    with in_memory_only():
+        assert throttle.due("sweep", 60) is False  # not due: no I/O asked for

@@ -1,9 +1,11 @@
 """What one chat completion costs the gateway in I/O once its configuration is memoized, counted over real
-HTTP with the official client: PostgreSQL round trips, Redis round trips and thread-pool hops. The numbers
+HTTP with the official client: PostgreSQL round trips, Redis round trips and thread-pool hops (none: the
+budget hold and the settlement run from the event loop on psycopg's async pool). The numbers
 are the documented ones (docs/architecture.md, "What a request costs the gateway"); a change that adds a
 round trip or a hop to every request fails here.
 
-The counts come from wrapping the client libraries' own entry points (psycopg's ``Cursor.execute``, redis-py's
+The counts come from wrapping the client libraries' own entry points (psycopg's ``Cursor.execute`` and
+``AsyncCursor.execute``, redis-py's
 ``execute_command`` and pipelines, asgiref's ``SyncToAsync``) for the length of a request: nothing of ours is
 replaced, only counted.
 """
@@ -15,6 +17,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 import redis
+import redis.asyncio
 from asgiref.sync import SyncToAsync
 
 from budgets.models import Budget
@@ -43,7 +46,10 @@ class IOCounter:
             return wrapper
 
         monkeypatch.setattr(psycopg.Cursor, "execute", counted("postgres", psycopg.Cursor.execute))
+        monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted("postgres", psycopg.AsyncCursor.execute))
         monkeypatch.setattr(redis.Redis, "execute_command", counted("redis", redis.Redis.execute_command))
+        monkeypatch.setattr(redis.asyncio.Redis, "execute_command",
+                            counted("redis", redis.asyncio.Redis.execute_command))
         monkeypatch.setattr(redis.client.Pipeline, "execute", counted("redis", redis.client.Pipeline.execute))
         original_call = SyncToAsync.__call__
 
@@ -84,7 +90,7 @@ def io(monkeypatch, settings):
     return IOCounter(monkeypatch)
 
 
-def test_a_request_under_a_budget_is_two_database_round_trips_and_two_hops(openai_client, tenant, io):
+def test_a_request_under_a_budget_is_two_database_round_trips_and_no_hop(openai_client, tenant, io):
     Budget.objects.create(organization=tenant.org, amount=Decimal("50"), action=Budget.Action.BLOCK)
     _warm_up(openai_client)
     for _ in range(3):
@@ -92,9 +98,32 @@ def test_a_request_under_a_budget_is_two_database_round_trips_and_two_hops(opena
         # The budget hold, then the ledger row with the settlement: each one transaction in one round trip.
         assert counts.get("postgres", 0) == 2, io.statements
         assert counts.get("redis", 0) == 0, io.statements
-        # One hop for every stage before the generation (route and the hold), one for the settlement.
-        assert counts.get("hops", 0) == 2, io.statements
+        # Routing in memory, the hold and the settlement from the event loop: the thread pool is not used.
+        assert counts.get("hops", 0) == 0, io.statements
     assert UsageRecord.objects.filter(organization=tenant.org).count() == 5
+
+
+def test_without_the_async_pool_the_hold_and_settlement_take_one_hop_each(openai_client, tenant, io, settings):
+    settings.TOLLGATE_ASYNC_DATABASE = False
+    Budget.objects.create(organization=tenant.org, amount=Decimal("50"), action=Budget.Action.BLOCK)
+    _warm_up(openai_client)
+    counts = io.measure(lambda: _ask(openai_client))
+    assert counts.get("postgres", 0) == 2, io.statements
+    assert counts.get("hops", 0) == 2, io.statements
+    assert UsageRecord.objects.filter(organization=tenant.org).count() == 3
+
+
+def test_a_budget_past_its_downgrade_threshold_decides_on_a_thread_and_still_settles(openai_client, tenant, io):
+    # The one-statement hold cannot decide a downgrade: it gives its hold back, and the locked path decides.
+    budget = Budget.objects.create(organization=tenant.org, amount=Decimal("50"), action=Budget.Action.DOWNGRADE,
+                                   downgrade_at_percent=0)
+    _warm_up(openai_client)
+    counts = io.measure(lambda: _ask(openai_client))
+    assert counts.get("hops", 0) == 1, io.statements  # the locked path, on a thread
+    assert UsageRecord.objects.filter(organization=tenant.org).count() == 3
+    counter = budget.counters.get()
+    assert counter.reserved == 0 and counter.spent == sum(
+        r.cost_total for r in UsageRecord.objects.filter(organization=tenant.org))
 
 
 def test_a_rate_limited_key_adds_one_redis_round_trip_and_no_hop(openai_client, tenant, io):
@@ -105,7 +134,7 @@ def test_a_rate_limited_key_adds_one_redis_round_trip_and_no_hop(openai_client, 
     counts = io.measure(lambda: _ask(openai_client))
     assert counts.get("redis", 0) == 1, io.statements  # the admission script: every limit checked and counted at once
     assert counts.get("postgres", 0) == 2, io.statements
-    assert counts.get("hops", 0) == 2, io.statements
+    assert counts.get("hops", 0) == 0, io.statements  # the admission on Redis's asyncio client
 
 
 def test_a_deterministic_request_looks_in_the_cache_on_the_same_hop(openai_client, tenant, io, settings):
@@ -113,7 +142,7 @@ def test_a_deterministic_request_looks_in_the_cache_on_the_same_hop(openai_clien
     settings.TOLLGATE_SEMANTIC_CACHE = False
     _warm_up(openai_client, temperature=0)
     counts = io.measure(lambda: _ask(openai_client, temperature=0))  # a hit now
-    assert counts.get("hops", 0) == 3, io.statements  # route, the cache lookup, the settlement (no hold)
+    assert counts.get("hops", 0) == 1, io.statements  # the cache lookup (routing in memory, settlement on the loop)
     # The lookup (one read of the entry, one of its purge generations) and the check that the key which
     # wrote the entry is still active, then the settlement.
     assert counts.get("redis", 0) == 2, io.statements
