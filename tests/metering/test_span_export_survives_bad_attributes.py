@@ -50,3 +50,26 @@ def test_a_span_clickhouse_refuses_is_dropped_and_counted_alone(clickhouse):
     names = {name for (name,) in clickhouse.query("SELECT SpanName FROM otel_traces").result_rows}
     assert names == {"before", "after"}
     assert REGISTRY.get_sample_value("tollgate_spans_dropped_total") == dropped_before + 1
+
+
+def test_span_and_event_times_keep_their_nanoseconds(clickhouse):
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    span = provider.get_tracer("test").start_span("timed", start_time=1_796_000_000_123_456_789)
+    span.add_event("midway", timestamp=1_796_000_000_223_456_789)
+    span.end(end_time=1_796_000_000_323_456_789)
+    assert ClickHouseSpanExporter().export(list(memory.get_finished_spans())) == SpanExportResult.SUCCESS
+    (start, event, duration), = clickhouse.query(
+        "SELECT toUnixTimestamp64Nano(Timestamp), toUnixTimestamp64Nano(Events.Timestamp[1]), Duration "
+        "FROM otel_traces WHERE SpanName = 'timed'").result_rows
+    assert (start, event, duration) == (1_796_000_000_123_456_789, 1_796_000_000_223_456_789, 200_000_000)
+
+
+def test_a_list_attribute_is_kept_as_json_and_a_lone_surrogate_in_it_replaced(clickhouse):
+    spans = finished_spans({"gen_ai.response.finish_reasons": ("stop", "length")},
+                           {"tollgate.route.alternatives": ("tollgate-\ud800mini",)})
+    assert ClickHouseSpanExporter().export(spans) == SpanExportResult.SUCCESS
+    rows = dict(clickhouse.query("SELECT SpanName, SpanAttributes FROM otel_traces").result_rows)
+    assert rows["span-0"]["gen_ai.response.finish_reasons"] == '["stop","length"]'
+    assert rows["span-1"]["tollgate.route.alternatives"] == '["tollgate-\ufffdmini"]'

@@ -39,8 +39,11 @@ class IOCounter:
             def wrapper(*args, **kwargs):
                 if counter.on:
                     with counter._lock:
-                        counter.counts[kind] += 1
-                        if kind in ("postgres", "redis"):
+                        # An empty query is the pool's health check when a thread takes a Django connection
+                        # (CONN_HEALTH_CHECKS, settings.py): counted apart, it comes with each ORM hop.
+                        checked = kind == "postgres" and not str(args[1]).strip()
+                        counter.counts["postgres health check" if checked else kind] += 1
+                        if kind in ("postgres", "redis") and not checked:
                             counter.statements.append(f"{kind}: {str(args[1])[:80]}")
                 return original(*args, **kwargs)
             return wrapper
@@ -98,8 +101,10 @@ def test_a_request_under_a_budget_is_two_database_round_trips_and_no_hop(openai_
         # The budget hold, then the ledger row with the settlement: each one transaction in one round trip.
         assert counts.get("postgres", 0) == 2, io.statements
         assert counts.get("redis", 0) == 0, io.statements
-        # Routing in memory, the hold and the settlement from the event loop: the thread pool is not used.
+        # Routing in memory, the hold and the settlement from the event loop: the thread pool is not used,
+        # and the async pool checks its connections without a round trip (core/db.py).
         assert counts.get("hops", 0) == 0, io.statements
+        assert counts.get("postgres health check", 0) == 0, io.statements
     assert UsageRecord.objects.filter(organization=tenant.org).count() == 5
 
 
@@ -110,6 +115,7 @@ def test_without_the_async_pool_the_hold_and_settlement_take_one_hop_each(openai
     counts = io.measure(lambda: _ask(openai_client))
     assert counts.get("postgres", 0) == 2, io.statements
     assert counts.get("hops", 0) == 2, io.statements
+    assert counts.get("postgres health check", 0) == 2, io.statements  # one per Django connection taken
     assert UsageRecord.objects.filter(organization=tenant.org).count() == 3
 
 
@@ -147,3 +153,4 @@ def test_a_deterministic_request_looks_in_the_cache_on_the_same_hop(openai_clien
     # wrote the entry is still active, then the settlement.
     assert counts.get("redis", 0) == 2, io.statements
     assert counts.get("postgres", 0) == 2, io.statements
+    assert counts.get("postgres health check", 0) == 1, io.statements  # the lookup's Django connection
