@@ -283,17 +283,18 @@ def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key
         return Reservation(request_id=request_id, estimate=estimate)
     _sweep_stale_reservations_now_and_then()
     budgets_by_id = {budget.pk: budget for budget, _, _ in covering}
+    counter_ids = [_counter_id(b, start, end) for b, start, end in covering]
     if fast_path and connection.vendor == "postgresql":
-        held = _reserve_in_one_statement(request_id, budgets_by_id,
-                                         [_counter_id(b, start, end) for b, start, end in covering], estimate, at)
+        held = _reserve_in_one_statement(request_id, budgets_by_id, counter_ids, estimate, at)
         if held is not None:
             return held
-    counters = [counter_for(budget, start, end) for budget, start, end in covering]
 
     refusal: BudgetExceeded | None = None
     with transaction.atomic():
-        locked = list(BudgetCounter.objects.select_for_update()
-                      .filter(pk__in=[c.pk for c in counters]).order_by("budget_id", "window_start"))
+        locked = _locked_counters(counter_ids)
+        if len(locked) != len(counter_ids):  # a counter this process remembered is gone (a reset): again
+            forget_cached_budgets()
+            locked = _locked_counters([counter_for(budget, start, end).pk for budget, start, end in covering])
         statuses = [_status(budgets_by_id[c.budget_id], c) for c in locked]
 
         chosen, downgraded_from, downgraded = estimate, "", False
@@ -339,6 +340,13 @@ def reserve_budget(request_id: str, org_id: int, feature_id: int | None, api_key
     )
     return Reservation(request_id=request_id, estimate=chosen, amount=worst_case, held=held, reservation_ids=ids,
                        downgraded_from=downgraded_from, downgraded=downgraded, statuses=statuses)
+
+
+def _locked_counters(counter_ids: list[int]) -> list[BudgetCounter]:
+    # (The counters' ids come from this process's memo: reading each counter by its window first was one
+    # more query per budget on every request of the locked path, the embedded default's only path.)
+    return list(BudgetCounter.objects.select_for_update().filter(pk__in=counter_ids)
+                .order_by("budget_id", "window_start"))
 
 
 _COUNTERS = BudgetCounter._meta.db_table

@@ -127,3 +127,17 @@ def test_reset_starts_the_period_over_from_now(tenant):
     reservation = reserve(tenant, at + timedelta(seconds=2), "after-reset")
     assert reservation.held[0].window_start == at + timedelta(seconds=1)
     assert BudgetCounter.objects.filter(budget=budget).count() == 2
+
+
+def test_the_locked_path_finds_a_counter_again_when_the_one_it_remembered_is_gone(tenant):
+    # The locked path takes counter ids from this process's memo; a counter deleted behind its back (another
+    # process rebuilt it) must be found or made again, not skipped (which would hold nothing against it).
+    budget = Budget.objects.create(organization=tenant.org, amount=Decimal("1"))
+    services.release_reservation(reserve(tenant, DEC_FIRST_SECOND, "first"))  # the counter's id, memoized
+    BudgetCounter.objects.filter(budget=budget).delete()
+    entry = pricing.catalog_entry("tollgate-large", DEC_FIRST_SECOND)
+    held = services.reserve_budget("second", tenant.org.pk, tenant.key.default_feature_id, tenant.key.pk, None,
+                                   services.CostEstimate(entry, 1000, 1000), DEC_FIRST_SECOND, fast_path=False)
+    counter = BudgetCounter.objects.get(budget=budget)
+    assert [h.counter_id for h in held.held] == [counter.pk]
+    assert counter.reserved == held.amount > 0
