@@ -209,8 +209,8 @@ async def closed_loop(url: str, headers: dict, n: int, concurrency: int, client:
     """``n`` requests from ``concurrency`` workers, each sending its next request when its last is answered.
 
     The load generator shares the machine's two cores with the servers, so its own cost caps what any path
-    can show: httpx's client spent about 8 ms of CPU per request at 64 connections (the upstream direct
-    then did 237 requests/s), aiohttp's a fraction of that. ``client_cpu_ms`` reports it.
+    can show: through httpx's client the upstream direct did 237 requests/s at 64 connections, through
+    aiohttp's about 11,000 (docs/benchmarks.md). ``client_cpu_ms`` reports the client's CPU per request.
     """
     latencies: list[float] = []
     kinds: collections.Counter[str] = collections.Counter()  # what each failed request got: a status or an exception
