@@ -42,6 +42,7 @@ from django.conf import settings
 from core.memo import loading
 
 from .engines.base import (
+    BatchedGenerationStream,
     ChatMessage,
     Engine,
     EngineError,
@@ -357,7 +358,7 @@ def retry_backoff_s(retry: int) -> float:
                      cap_s=settings.TOLLGATE_RETRY_BACKOFF_MAX_MS / 1000.0)
 
 
-class PooledGenerationStream(GenerationStream):
+class PooledGenerationStream(BatchedGenerationStream):
     """One try of a generation: the pool's admission, one replica's stream, that replica's breaker.
 
     ``admit()`` must be awaited before iterating (it may raise PoolQueueFull, or EngineUnavailable when
@@ -412,14 +413,6 @@ class PooledGenerationStream(GenerationStream):
         result.extra.update(pool=self.deployment.pool.name, replica=self.replica.label if self.replica else "",
                             admission_wait_s=self.queue_wait_s, queue_wait_s=self.queue_wait_s + engine_queue)
         return result
-
-    async def _iterate(self) -> AsyncIterator[TextDelta]:
-        async for batch in self._batches():
-            for delta in batch:
-                yield delta
-
-    def batches(self) -> AsyncIterator[list[TextDelta]]:
-        return self._batches()
 
     async def _batches(self) -> AsyncIterator[list[TextDelta]]:
         if self._admitted_at is None:

@@ -205,6 +205,22 @@ class GenerationStream(abc.ABC):
         """Stop generating now; `result` reports what was produced."""
 
 
+class BatchedGenerationStream(GenerationStream):
+    """A stream whose deltas come a burst at a time (``_batches``); iterated one by one, each burst is
+    flattened."""
+
+    @abc.abstractmethod
+    def _batches(self) -> AsyncIterator[list[TextDelta]]: ...
+
+    async def _iterate(self) -> AsyncIterator[TextDelta]:
+        async for batch in self._batches():
+            for delta in batch:
+                yield delta
+
+    def batches(self) -> AsyncIterator[list[TextDelta]]:
+        return self._batches()
+
+
 async def _one_by_one(deltas: AsyncIterator[TextDelta]) -> AsyncIterator[list[TextDelta]]:
     try:
         async for delta in deltas:

@@ -35,6 +35,7 @@ from pydantic_core import from_json
 
 from ..protocol import token_logprobs_from_wire
 from .base import (
+    BatchedGenerationStream,
     ChatMessage,
     Engine,
     EngineError,
@@ -42,7 +43,6 @@ from .base import (
     EngineUnavailable,
     GenerationRequest,
     GenerationResult,
-    GenerationStream,
     TextDelta,
 )
 
@@ -221,7 +221,7 @@ class RemoteEngine(Engine):
         return "/v1/chat/completions", body
 
 
-class RemoteGenerationStream(GenerationStream):
+class RemoteGenerationStream(BatchedGenerationStream):
     """Streams one generation from a worker; closing it closes the HTTP response (the worker cancels)."""
 
     def __init__(self, engine: RemoteEngine, request: GenerationRequest):
@@ -240,14 +240,6 @@ class RemoteGenerationStream(GenerationStream):
         self._first_at: float | None = None
         self._response: aiohttp.ClientResponse | None = None
         self._cancelled = False
-
-    async def _iterate(self) -> AsyncIterator[TextDelta]:
-        async for batch in self._batches():
-            for delta in batch:
-                yield delta
-
-    def batches(self) -> AsyncIterator[list[TextDelta]]:
-        return self._batches()
 
     async def _batches(self) -> AsyncIterator[list[TextDelta]]:
         if self._cancelled:
