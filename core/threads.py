@@ -17,6 +17,12 @@ def on_thread_pool(fn):
         try:
             return fn(*args, **kwargs)
         finally:
-            connection.close()  # back to the connection pool (PostgreSQL) or closed (SQLite)
+            if connection.errors_occurred:
+                # Closed after any database error: SQLite's connections always say they are usable.
+                connection.close()
+            else:
+                # Back to the connection pool on PostgreSQL (CONN_MAX_AGE 0: obsolete at once); on SQLite
+                # the thread keeps it for its next call (CONN_MAX_AGE None: tollgate/settings.py).
+                connection.close_if_unusable_or_obsolete()
 
     return sync_to_async(run_and_release, thread_sensitive=False)

