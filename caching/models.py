@@ -56,7 +56,10 @@ class SemanticEntry(models.Model):
     # The key whose request produced the answer: once it is revoked or expired, nobody is served the entry.
     api_key = models.ForeignKey("tenants.ApiKey", on_delete=models.CASCADE, related_name="+")
     question = models.TextField(help_text="The normalized last user message.")
-    vector = models.BinaryField(help_text="all-MiniLM-L6-v2 embedding of the question, float32, L2-normalized.")
+    # Empty (NULL) while the entry is its partition's only question: nothing can be compared with it until a
+    # second question arrives there, which embeds it then (caching/semantic.py).
+    vector = models.BinaryField(null=True, help_text="all-MiniLM-L6-v2 embedding of the question, float32, "
+                                "L2-normalized; empty until a second question in its partition needs it.")
     body = models.TextField(help_text="The chat completion as first sent (JSON).")
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(db_index=True)

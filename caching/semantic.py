@@ -8,6 +8,12 @@ holds) on every lookup; the answer itself is read from the row at hit time,
 so a purged, expired or revoked entry is never served even while a stale
 vector still sits in some process's index.
 
+A question is embedded only once its partition can compare it with something. Most partitions never
+get a second question (the partition holds everything but the question, and each turn of a
+conversation has a history of its own), so a partition's first question is kept without its vector,
+and a lookup in an empty partition embeds nothing; the second question embeds both. On the embedded
+default the embedding had been a quarter of the CPU of 32 concurrent requests (docs/benchmarks.md).
+
 The index: exact (numpy) search while a partition is small, an hnswlib HNSW
 graph beyond ``TOLLGATE_SEMANTIC_EXACT_MAX`` entries; bench/semantic_lookup.py
 measured hnswlib, usearch and brute force (docs/benchmarks.md). A candidate
@@ -131,9 +137,32 @@ def _refresh(key: str, partition: _Partition) -> None:
     # one already read is not picked up until the partition is rebuilt: a miss, never a wrong answer.
     rows = list(SemanticEntry.objects.filter(partition=key, id__gt=partition.last_id, expires_at__gt=timezone.now())
                 .order_by("id").values_list("id", "question", "vector"))
-    if rows:
-        vectors = np.frombuffer(b"".join(bytes(row[2]) for row in rows), dtype=np.float32).reshape(len(rows), -1)
-        partition.add([row[0] for row in rows], [row[1] for row in rows], vectors)
+    if not rows:
+        return
+    pending = [i for i, row in enumerate(rows) if row[2] is None]
+    if pending:  # questions kept without their vector (each was its partition's first): embedded now, once
+        computed = embed_questions([rows[i][1] for i in pending])
+        for i, vector in zip(pending, computed):
+            rows[i] = (rows[i][0], rows[i][1], vector.tobytes())
+            SemanticEntry.objects.filter(pk=rows[i][0], vector__isnull=True).update(vector=rows[i][2])
+    vectors = np.frombuffer(b"".join(bytes(row[2]) for row in rows), dtype=np.float32).reshape(len(rows), -1)
+    partition.add([row[0] for row in rows], [row[1] for row in rows], vectors)
+
+
+def embed_questions(questions: list[str]) -> np.ndarray:
+    """Unit vectors for questions kept without one, here on the lookup's thread: the serving embedder's
+    model and arithmetic (``core.minilm``), so they compare with the vectors it gives the questions asked."""
+    from core.minilm import get_encoder, token_ids  # torch: only once a partition has a second question
+
+    return get_encoder().sentence_vectors(token_ids(questions)).numpy()
+
+
+def occupied_here(scope: CacheScope, model: str, context: str) -> bool:
+    """True when this process's index of the partition holds questions (no I/O: safe on the event loop).
+    False says nothing: another process may have kept some; ``search`` without a vector asks the database."""
+    with _partitions_lock:
+        partition = _partitions.get(partition_of(scope, model, context))
+    return partition is not None and bool(partition.ids)
 
 
 @dataclass(frozen=True)
@@ -143,6 +172,8 @@ class Lookup:
     answer: CachedAnswer | None
     nearest_similarity: float | None = None
     refusal: str = ""
+    # Asked without a vector: the partition holds questions, so the question must be embedded and asked again.
+    needs_vector: bool = False
 
 
 def lookup(scope: CacheScope, model: str, context: str, question: str, vector, directives: CacheDirectives,
@@ -152,8 +183,20 @@ def lookup(scope: CacheScope, model: str, context: str, question: str, vector, d
 
 def search(scope: CacheScope, model: str, context: str, question: str, vector, directives: CacheDirectives,
            ) -> Lookup:
+    """The partition's answer to ``question``, if one is the same question.
+
+    With ``vector=None`` nothing is embedded: an empty partition answers a miss at once (most partitions
+    never get a second question: each turn of a conversation has a history of its own), and one holding
+    questions answers ``needs_vector``.
+    """
     key = partition_of(scope, model, context)
     partition = _partition(key)
+    if vector is None:
+        with partition.lock:
+            if partition.ids:
+                return Lookup(None, needs_vector=True)
+        held = SemanticEntry.objects.filter(partition=key, expires_at__gt=timezone.now()).exists()
+        return Lookup(None, needs_vector=held)
     query = np.asarray(vector, dtype=np.float32)
     with partition.lock:
         _refresh(key, partition)
@@ -187,14 +230,15 @@ def _served(entry_id: int, directives: CacheDirectives, similarity: float) -> Ca
 
 
 def store(scope: CacheScope, model: str, context: str, question: str, vector, body: str, ttl_s: int) -> None:
+    """Keep ``body`` as the answer to ``question``; ``vector`` may be None (embedded when first needed)."""
     if ttl_s <= 0:
         return
     now = timezone.now()
     SemanticEntry.objects.create(
         organization_id=scope.org_id, feature=scope.feature, partition=partition_of(scope, model, context),
         model=model, api_key_id=scope.api_key_id, question=question,
-        vector=np.asarray(vector, dtype=np.float32).tobytes(), body=body, created_at=now,
-        expires_at=now + timedelta(seconds=ttl_s))
+        vector=None if vector is None else np.asarray(vector, dtype=np.float32).tobytes(), body=body,
+        created_at=now, expires_at=now + timedelta(seconds=ttl_s))
 
 
 def delete_expired() -> int:

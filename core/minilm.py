@@ -26,8 +26,11 @@ import json
 import os
 import threading
 
+MAX_TOKENS = 256  # sentence_bert_config's max_seq_length
+
 _lock = threading.Lock()
 _encoder: "MiniLMEncoder | None" = None
+_tokenizer = None
 
 
 def model_path() -> str:
@@ -114,6 +117,21 @@ class MiniLMEncoder:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def token_ids(texts: list[str]) -> list[list[int]]:
+    """The texts as the model reads them ([CLS] … [SEP]), each cut to ``MAX_TOKENS`` (the model card's)."""
+    global _tokenizer
+    if _tokenizer is None:
+        with _lock:
+            if _tokenizer is None:
+                from tokenizers import Tokenizer
+
+                tokenizer = Tokenizer.from_file(os.path.join(model_path(), "tokenizer.json"))
+                tokenizer.no_padding()
+                tokenizer.enable_truncation(MAX_TOKENS)
+                _tokenizer = tokenizer
+    return [enc.ids for enc in _tokenizer.encode_batch(texts)]
 
 
 def get_encoder() -> MiniLMEncoder:

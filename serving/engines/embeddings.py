@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 
-from core.minilm import get_encoder, model_path
+from core.minilm import get_encoder, token_ids
 
 
 logger = logging.getLogger(__name__)
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
-MAX_SEQ_LENGTH = 256  # the model's sentence_bert_config
 
 
 @dataclass
@@ -54,12 +52,6 @@ class MiniLMEmbedder:
     dimensions = 384
 
     def __init__(self, max_batch_inputs: int = 64, max_wait_ms: float = 2.0):
-        from tokenizers import Tokenizer
-
-        self.path = model_path()
-        self.tokenizer = Tokenizer.from_file(os.path.join(self.path, "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(MAX_SEQ_LENGTH)
         self.max_batch_inputs = max_batch_inputs
         self.max_wait_s = max_wait_ms / 1000.0
         self.busy_seconds = 0.0
@@ -70,11 +62,11 @@ class MiniLMEmbedder:
         self._lock = threading.Lock()
 
     def count_tokens(self, texts: list[str]) -> int:
-        return sum(len(enc.ids) for enc in self.tokenizer.encode_batch(texts))
+        return sum(len(ids) for ids in token_ids(texts))
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         loop = asyncio.get_running_loop()
-        ids = [enc.ids for enc in self.tokenizer.encode_batch(texts)]
+        ids = token_ids(texts)
         job = _Job(texts, ids, loop, loop.create_future())
         self._ensure_thread()
         self._jobs.put(job)

@@ -136,24 +136,34 @@ async def _look_up(ctx: RequestContext, directives) -> None:
     max_tokens = option.estimate.max_tokens
     exact_print = fingerprint(request, max_tokens)
     question = semantic_question(request, max_tokens) if policy.semantic else None
-    vector = None
+    vector = None  # the question's embedding, made only when its partition holds questions to compare with
     if directives.may_read:
         found = None
         if policy.exact:
             found = await on_thread_pool(caching.lookup_exact)(scope, option.model, exact_print, directives)
         if found is None and question is not None:
-            vector = await embed_question(question[1])
-            if vector is not None:
-                found = await on_thread_pool(semantic.lookup)(scope, option.model, question[0], question[1],
-                                                              vector, directives)
+            found, vector = await _look_up_semantic(scope, option.model, question, directives)
         if found is not None:
             _answer_from_cache(ctx, found, policy.hit_price)
             return
     ctx.response_headers[HEADER] = MISS
     if directives.may_write:
-        if question is not None and vector is None:
-            vector = await embed_question(question[1])
+        # (Kept without a vector when none was needed: the next question in its partition embeds it.)
         ctx.on_answered.append(lambda body, headers: _keep(ctx, scope, policy, exact_print, question, vector, body))
+
+
+async def _look_up_semantic(scope: CacheScope, model: str, question: tuple[str, str], directives):
+    """(the semantic layer's answer or None, the question's vector or None). An empty partition costs one
+    query and no embedding; one this process knows holds questions, no query before the embedding."""
+    context, text = question
+    if not semantic.occupied_here(scope, model, context):
+        probe = await on_thread_pool(semantic.search)(scope, model, context, text, None, directives)
+        if not probe.needs_vector:
+            return None, None
+    vector = await embed_question(text)
+    if vector is None:
+        return None, None
+    return await on_thread_pool(semantic.lookup)(scope, model, context, text, vector, directives), vector
 
 
 async def embed_question(text: str) -> list[float] | None:
@@ -202,7 +212,7 @@ def _keep(ctx: RequestContext, scope: CacheScope, policy: caching.Policy, exact_
     try:
         if policy.exact:
             caching.store_exact(scope, model, exact_print, body, policy.ttl_s)
-        if question is not None and vector is not None:
+        if question is not None:
             semantic.store(scope, model, question[0], question[1], vector, body, policy.ttl_s)
     except STORE_ERRORS as exc:  # the answer was served; not keeping it costs only a later miss
         logger.warning("cache store unavailable; the answer was not kept: %r", exc)

@@ -16,7 +16,7 @@ BACKENDS = {
 
 @pytest.fixture(scope="session", autouse=True)
 def embedder_loaded():
-    """Load all-MiniLM-L6-v2 once before the first request: its first load (transformers' import and the
+    """Load all-MiniLM-L6-v2 once before the first request: its first load (torch and the
     weights) can take longer than a test client's timeout on a busy machine."""
     import asyncio
 

@@ -41,6 +41,29 @@ def test_a_paraphrase_is_answered_from_cache_within_the_tenant(openai_client):
     assert hit.attempt_kind == UsageRecord.AttemptKind.CACHE_HIT and hit.cost_total == 0 and hit.savings_cache > 0
 
 
+def test_a_partitions_first_question_is_kept_unembedded_until_a_second_one_arrives(openai_client, tenant):
+    from serving.engines.embeddings import get_embedder
+
+    CachePolicy.objects.create(organization=tenant.org, exact_enabled=False)  # the semantic layer alone
+
+    embedder = get_embedder()
+    busy = embedder.busy_seconds  # grows with every forward pass
+    assert ask(openai_client, CACHED).headers["x-tollgate-cache"] == "miss"
+    other_context = openai_client.chat.completions.with_raw_response.create(
+        model="tollgate-mini", max_tokens=6, temperature=0,
+        messages=[{"role": "system", "content": "Answer in French."}, {"role": "user", "content": CACHED}])
+    assert other_context.headers["x-tollgate-cache"] == "miss"  # a partition of its own, empty too
+    assert embedder.busy_seconds == busy  # nothing to compare either question with: nothing embedded
+    assert list(SemanticEntry.objects.values_list("vector", flat=True)) == [None, None]
+
+    paraphrase = ask(openai_client, PARAPHRASE)
+    assert paraphrase.headers["x-tollgate-cache"] == "hit"  # the kept question was embedded for it
+    assert embedder.busy_seconds > busy
+    embedded = SemanticEntry.objects.get(vector__isnull=False)  # written back: other processes reuse it
+    assert embedded.question == CACHED and len(bytes(embedded.vector)) == 384 * 4
+    assert SemanticEntry.objects.filter(vector__isnull=True).count() == 1  # the French partition's, still alone
+
+
 def test_a_paraphrase_never_crosses_tenants(openai_client, live_gateway, make_tenant, tenant):
     ask(openai_client, CACHED)
     other = make_tenant("globex")
