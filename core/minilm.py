@@ -30,7 +30,7 @@ MAX_TOKENS = 256  # sentence_bert_config's max_seq_length
 
 _lock = threading.Lock()
 _encoder: "MiniLMEncoder | None" = None
-_tokenizer = None
+_tokenizers: dict = {}
 
 
 def model_path() -> str:
@@ -119,19 +119,26 @@ class MiniLMEncoder:
             return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
 
+def tokenizer(max_tokens: int | None = MAX_TOKENS):
+    """The model's tokenizer, loaded once per length cut (``None``: never cut); no padding."""
+    with _lock:
+        loaded = _tokenizers.get(max_tokens)
+        if loaded is None:
+            from tokenizers import Tokenizer
+
+            loaded = Tokenizer.from_file(os.path.join(model_path(), "tokenizer.json"))
+            loaded.no_padding()
+            if max_tokens is None:
+                loaded.no_truncation()
+            else:
+                loaded.enable_truncation(max_tokens)
+            _tokenizers[max_tokens] = loaded
+    return loaded
+
+
 def token_ids(texts: list[str]) -> list[list[int]]:
     """The texts as the model reads them ([CLS] … [SEP]), each cut to ``MAX_TOKENS`` (the model card's)."""
-    global _tokenizer
-    if _tokenizer is None:
-        with _lock:
-            if _tokenizer is None:
-                from tokenizers import Tokenizer
-
-                tokenizer = Tokenizer.from_file(os.path.join(model_path(), "tokenizer.json"))
-                tokenizer.no_padding()
-                tokenizer.enable_truncation(MAX_TOKENS)
-                _tokenizer = tokenizer
-    return [enc.ids for enc in _tokenizer.encode_batch(texts)]
+    return [enc.ids for enc in tokenizer().encode_batch(texts)]
 
 
 def get_encoder() -> MiniLMEncoder:

@@ -13,33 +13,21 @@ prompt costs a dictionary lookup).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
-from core.minilm import get_encoder, model_path
+from core.minilm import get_encoder, tokenizer
 
 _lock = threading.Lock()
-_tokenizer = None
 _recent: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 RECENT_TEXTS = 2048
 
 
 def get_tokenizer():
-    """The model's tokenizer (no padding, no truncation), loaded once; much cheaper than the model."""
-    global _tokenizer
-    if _tokenizer is None:
-        with _lock:
-            if _tokenizer is None:
-                from tokenizers import Tokenizer
-
-                tokenizer = Tokenizer.from_file(os.path.join(model_path(), "tokenizer.json"))
-                tokenizer.no_padding()
-                tokenizer.no_truncation()
-                _tokenizer = tokenizer
-    return _tokenizer
+    """The model's tokenizer (no padding, no truncation: ``head_and_tail`` cuts), much cheaper than the model."""
+    return tokenizer(max_tokens=None)
 
 
 def _load():
