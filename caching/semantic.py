@@ -12,7 +12,8 @@ A question is embedded only once its partition can compare it with something. Mo
 get a second question (the partition holds everything but the question, and each turn of a
 conversation has a history of its own), so a partition's first question is kept without its vector,
 and a lookup in an empty partition embeds nothing; the second question embeds both. On the embedded
-default the embedding had been a quarter of the CPU of 32 concurrent requests (docs/benchmarks.md).
+default, at 32 concurrent requests, the embedder's thread alone had taken a quarter of a core, and one
+question at a time its embedding added 16–20 ms to the median answer (docs/benchmarks.md).
 
 The index: exact (numpy) search while a partition is small, an hnswlib HNSW
 graph beyond ``TOLLGATE_SEMANTIC_EXACT_MAX`` entries; bench/semantic_lookup.py
