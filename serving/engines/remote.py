@@ -162,7 +162,7 @@ class RemoteEngine(Engine):
         # tollgate-* family). What is billed is what the worker reports in `usage`.
         from .cpu.engine import get_tokenizer
 
-        return len(get_tokenizer().encode_chat(messages))
+        return get_tokenizer().count_chat(messages)
 
     def stream(self, request: GenerationRequest) -> "RemoteGenerationStream":
         return RemoteGenerationStream(self, request)

@@ -100,7 +100,7 @@ def count_tokens(messages: tuple[ChatMessage, ...]) -> int:
     # The gateway's one prompt counter (the route stage counts with the same tokenizer for every engine).
     from ..engines.cpu.engine import get_tokenizer
 
-    return len(get_tokenizer().encode_chat(messages))
+    return get_tokenizer().count_chat(messages)
 
 
 async def embed_texts(texts: list[str]) -> np.ndarray:

@@ -261,7 +261,7 @@ class CpuEngine(Engine):
 
     def count_prompt_tokens(self, model: str, messages: tuple[ChatMessage, ...]) -> int:
         self._state(model)
-        return len(self.tokenizer.encode_chat(messages))
+        return self.tokenizer.count_chat(messages)
 
     def stream(self, request: GenerationRequest) -> "CpuGenerationStream":
         ms = self._state(request.model)

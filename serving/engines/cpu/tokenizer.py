@@ -18,7 +18,9 @@ is exactly ``tokenizer.decode(ids)``.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 
@@ -34,6 +36,8 @@ MASK_ID = 103
 FIRST_REGULAR_ID = 999  # ids 1..998 (minus 100..103) are [unusedN] placeholders
 
 ASSISTANT_CUE = "assistant:"
+# Messages whose token counts ``count_chat`` remembers (by digest: 16 bytes and an int each, whatever their size).
+COUNTED_MESSAGES = 8192
 
 
 def _tokenizer_path() -> str:
@@ -50,6 +54,8 @@ class ChatTokenizer:
         tok.no_truncation()
         tok.no_padding()
         self._tok = tok
+        self._counts: OrderedDict[bytes, int] = OrderedDict()  # message digest -> its tokens (count_chat)
+        self._counts_lock = threading.Lock()
         self.vocab_size: int = tok.get_vocab_size()
         self.eos_id = SEP_ID
         self._assistant_ids: list[int] = tok.encode(ASSISTANT_CUE, add_special_tokens=False).ids
@@ -79,6 +85,36 @@ class ChatTokenizer:
                 ids.append(SEP_ID)
         ids.extend(self._assistant_ids)
         return ids
+
+    def count_chat(self, messages: Sequence[ChatMessage]) -> int:
+        """``len(encode_chat(messages))``, each message's count remembered.
+
+        The template encodes every message on its own, so a prompt's count is the sum of its messages'.
+        A conversation sends its system prompt and its whole history again on every turn, and the gateway
+        counts each request's prompt before it runs (the context window, the budget hold): counted once,
+        a repeated message costs a digest of its text instead of a tokenizer pass.
+        """
+        total = 1 + len(self._assistant_ids)  # [CLS] ... "assistant:"
+        unknown: list[tuple[bytes, str]] = []
+        with self._counts_lock:
+            for m in messages:
+                text = f"{m.role}: {m.content}"
+                key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+                count = self._counts.get(key)
+                if count is None:
+                    unknown.append((key, text))
+                else:
+                    self._counts.move_to_end(key)
+                    total += count + 1  # and its [SEP]
+        if unknown:
+            encs = self._tok.encode_batch([text for _, text in unknown], add_special_tokens=False)
+            with self._counts_lock:
+                for (key, _), enc in zip(unknown, encs):
+                    self._counts[key] = len(enc.ids)
+                    total += len(enc.ids) + 1
+                while len(self._counts) > COUNTED_MESSAGES:
+                    self._counts.popitem(last=False)
+        return total
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids of a raw completion prompt (no chat template): [CLS] then the text."""
