@@ -8,9 +8,9 @@ The model (a 6-layer BERT encoder, 384 wide) and its tokenizer ship in the
 Why not transformers' ``BertModel``: on a request-sized input its Python
 wrappers (output capturing, config defaults, mask building, a module call
 per sub-layer) cost as much as the arithmetic. One 14-token sentence took
-14.5–19.5 ms through it and 11.4–12 ms here on the 2-core development box,
-with the same matrix products (``bench/embeddings.py`` measures both in one
-run). ``tests/core/test_minilm_matches_transformers.py`` holds this encoder
+12.2 ms through it and 8.4 ms here on the 2-core development box, with the
+same matrix products; batches of 32 and more take the same time either way
+(``bench/embeddings.py`` measures both in one run). ``tests/core/test_minilm_matches_transformers.py`` holds this encoder
 to transformers' output, padding included.
 
 The arithmetic is BERT's, as the model card's sentence-transformers

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from core.minilm import get_encoder, token_ids
 
-
 logger = logging.getLogger(__name__)
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
