@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import pydantic_core
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
 
 from core import db
 from core.memo import NotInMemory
@@ -213,7 +213,9 @@ def ledger_insert(record: UsageRecord) -> db.Statement:
 def mark_saved(record: UsageRecord) -> None:
     """Tell the ORM that ``record`` (inserted with ``ledger_insert``) is in the database."""
     record._state.adding = False
-    record._state.db = connection.alias
+    # (The alias, not ``connection.alias``: on the event loop each request runs in a context of its own, and
+    # touching ``connection`` there builds a new DatabaseWrapper for it.)
+    record._state.db = DEFAULT_DB_ALIAS
 
 
 def ledger_committed(record: UsageRecord) -> None:

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from ..protocol import token_logprobs_from_wire
 from .base import (
@@ -55,6 +55,7 @@ _READ_BUFSIZE = 1 << 20
 HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 HEALTH_READ_TIMEOUT_S = 30.0
 RETRY_SAFE_STATUSES = frozenset({429, 502, 503, 504})
+_JSON = {"Content-Type": "application/json"}
 
 
 def http_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
@@ -75,6 +76,10 @@ def http_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientS
                     connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0,
                                                    keepalive_timeout=settings.TOLLGATE_ENGINE_KEEP_ALIVE_S),
                     read_bufsize=_READ_BUFSIZE,
+                    # Every tenant's requests share these sessions: a cookie one answer set (a worker, a proxy
+                    # in front of it) would go out with everybody's next request. Not keeping any also
+                    # spares a jar lookup per request.
+                    cookie_jar=aiohttp.DummyCookieJar(),
                 )
                 per_loop[key] = session
     return session
@@ -132,6 +137,16 @@ def worker_error(base_url: str, status: int, body: bytes) -> EngineError:
         return EngineUnavailable(f"worker {base_url} answered {status}: {detail}",
                                  retry_safe=status in RETRY_SAFE_STATUSES)
     return EngineError(f"worker {base_url} answered {status}: {detail}")
+
+
+def _json_bytes(body: dict) -> bytes:
+    """``body`` as JSON, by pydantic-core (aiohttp's ``json=`` runs the stdlib's encoder, several times
+    slower); a text it will not encode (a lone surrogate: none can come in through the API's JSON) goes
+    through the stdlib's, which escapes it."""
+    try:
+        return to_json(body)
+    except ValueError:
+        return json.dumps(body).encode()
 
 
 class RemoteEngine(Engine):
@@ -248,7 +263,8 @@ class RemoteGenerationStream(BatchedGenerationStream):
         self._started_at = time.perf_counter()
         session = self.engine.client()
         try:
-            self._response = response = await session.post(self.engine.base_url + path, json=body)
+            self._response = response = await session.post(self.engine.base_url + path, data=_json_bytes(body),
+                                                           headers=_JSON)
         except aiohttp.ConnectionTimeoutError as exc:  # never connected: nothing ran there
             raise EngineUnavailable(f"worker {self.engine.base_url} did not accept a connection: {exc!r}",
                                     unreachable=True) from exc

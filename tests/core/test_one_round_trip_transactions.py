@@ -1,10 +1,14 @@
 """core/db.py: a transaction sent as one string is atomic, and a failure leaves the connection usable."""
 
 import asyncio
+import time
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from decimal import Decimal
 
 import pytest
 from django.db import connection
-from django.db.utils import DatabaseError
+from django.db.utils import DatabaseError, ProgrammingError
 
 from core import db
 from core.memo import Memo, NotInMemory, Throttle, in_memory_only
@@ -105,6 +109,66 @@ def test_from_the_event_loop_a_failure_is_djangos_error_rolls_back_and_leaves_th
 
     _on_an_opted_in_loop(body)
     assert count() == 3
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_from_the_event_loop_values_of_every_kind_are_bound_as_literals_and_read_back_typed(scratch_table):
+    at = datetime(2026, 12, 2, 18, 30, 1, 123456, tzinfo=dt_timezone.utc)
+    tricky = "it's 100% \\ a 'quote' %s and\nnewline \u00e9 \U0001f600"
+
+    async def body():
+        return await db.arun_transaction([
+            db.Statement("INSERT INTO scratch VALUES (%s, %s)", [1, tricky]),
+            db.Statement("SELECT note, %s::numeric, %s::timestamptz, %s::bigint[], %s::text IS NULL, "
+                         "'50%%' FROM scratch WHERE id = %s", [Decimal("0.000123400000"), at, [3, 1, 2], None, 1]),
+        ])
+
+    assert _on_an_opted_in_loop(body) == [(tricky, Decimal("0.000123400000"), at, [3, 1, 2], True, "50%")]
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_from_the_event_loop_a_placeholder_without_its_parameter_is_refused_before_anything_is_sent():
+    async def body():
+        for statement in (db.Statement("SELECT %s, %s", [1]), db.Statement("SELECT %d", [1])):
+            with pytest.raises(ProgrammingError):
+                await db.arun_transaction([statement])
+        return await db.arun_transaction([db.Statement("SELECT %s", [7])])
+
+    assert _on_an_opted_in_loop(body) == [(7,)]
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_from_the_event_loop_a_transaction_cancelled_mid_query_does_not_come_back_to_the_pool_busy(scratch_table):
+    """A request cancelled while its statement runs (its client left, a deadline): the server is told to
+    stop the statement (else it runs on, holding its locks), and the connection is closed, not handed to the
+    next request with the old query still running on it."""
+    async def body():
+        slow = asyncio.ensure_future(db.arun_transaction([
+            db.Statement("INSERT INTO scratch VALUES (%s, %s)", [1, "never"]),
+            db.Statement("SELECT pg_sleep(%s)", [30]),
+        ]))
+        await asyncio.sleep(0.3)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        started = time.monotonic()
+        for n in range(12):  # more than the pool keeps open: none of them is the cancelled one, still busy
+            assert await db.arun_transaction([db.Statement("SELECT %s", [n])]) == [(n,)]
+        return time.monotonic() - started
+
+    assert _on_an_opted_in_loop(body) < 10  # (not waiting on the 30 s sleep)
+    deadline = time.monotonic() + 5
+    while _sleeping() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sleeping() == 0  # the server stopped it
+    assert count() == 0  # the cancelled transaction never committed
+
+
+def _sleeping() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                       ["%pg_sleep(30)%"])
+        return cursor.fetchone()[0]
 
 
 def test_a_loop_that_did_not_opt_in_is_not_ready():

@@ -5,7 +5,8 @@ are the documented ones (docs/architecture.md, "What a request costs the gateway
 round trip or a hop to every request fails here.
 
 The counts come from wrapping the client libraries' own entry points (psycopg's ``Cursor.execute`` and
-``AsyncCursor.execute``, redis-py's
+``AsyncCursor.execute``, and ``core.db._execute``, which sends the event loop's transactions on the
+connection's libpq handle; redis-py's
 ``execute_command`` and pipelines, asgiref's ``SyncToAsync``) for the length of a request: nothing of ours is
 replaced, only counted.
 """
@@ -21,6 +22,7 @@ import redis.asyncio
 from asgiref.sync import SyncToAsync
 
 from budgets.models import Budget
+from core import db
 from tests.invalidations import drain_invalidations
 from metering.models import UsageRecord
 
@@ -50,6 +52,9 @@ class IOCounter:
 
         monkeypatch.setattr(psycopg.Cursor, "execute", counted("postgres", psycopg.Cursor.execute))
         monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted("postgres", psycopg.AsyncCursor.execute))
+        # The event loop's transactions go out on the connection's libpq handle, not a cursor: one query
+        # string each, sent by core.db._execute (counted, not replaced: the wrapper calls it).
+        monkeypatch.setattr(db, "_execute", counted("postgres", db._execute))
         monkeypatch.setattr(redis.Redis, "execute_command", counted("redis", redis.Redis.execute_command))
         monkeypatch.setattr(redis.asyncio.Redis, "execute_command",
                             counted("redis", redis.asyncio.Redis.execute_command))
