@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -120,3 +123,23 @@ def usage_row(request_id: str, timeout: float = 10.0) -> UsageRecord:
             return row
         time.sleep(0.05)
     raise AssertionError(f"no usage row for {request_id}")
+
+
+@contextmanager
+def asgi_worker(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve a raw ASGI app (a stand-in worker) on uvicorn in a thread; its base URL, by ``host``."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="asgi-worker", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

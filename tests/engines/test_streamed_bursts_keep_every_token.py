@@ -10,17 +10,13 @@ output arrives when the gateway reads it late (no GPU, so no vLLM, here).
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import httpx
 import pytest
 
 from serving.protocol import ChatCompletionChunk
 
-from tests.conftest import free_port
-
-from .conftest import MINI, usage_row
+from .conftest import MINI, asgi_worker, usage_row
 
 # Texts that need escaping in JSON, and some that do not.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,19 +66,8 @@ async def bursting_worker(scope, receive, send):
 
 @pytest.fixture(scope="module")
 def bursting_worker_url():
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(bursting_worker, host="127.0.0.1", port=port, lifespan="off",
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="bursting-worker", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with asgi_worker(bursting_worker) as url:
+        yield url
 
 
 def sse_events(live_gateway, tenant, content: str) -> tuple[str, list[bytes]]:

@@ -7,15 +7,10 @@ header of every request it gets.
 
 from __future__ import annotations
 
-import threading
-import time
-
 import openai
 import pytest
 
-from tests.conftest import free_port
-
-from .conftest import MINI
+from .conftest import MINI, asgi_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,20 +50,9 @@ async def cookie_setting_worker(scope, receive, send):
 
 @pytest.fixture(scope="module")
 def cookie_worker_url():
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(cookie_setting_worker, host="127.0.0.1", port=port, lifespan="off",
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="cookie-worker", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     # By name, as workers are addressed in a cluster (a client's cookie jar may refuse cookies from a bare IP).
-    yield f"http://localhost:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with asgi_worker(cookie_setting_worker, host="localhost") as url:
+        yield url
 
 
 def test_a_cookie_set_by_a_worker_is_never_sent_with_the_next_request(live_gateway, make_tenant, catalog, deploy,
