@@ -18,6 +18,7 @@ hold's shape: a numeric, an aware timestamp, an id array and a request id in, on
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import sys
@@ -35,6 +36,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
+    import psycopg
+
+    base, name = args.database_url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:  # (created on the first run)
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
     os.environ["DATABASE_URL"] = args.database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tollgate.settings")
     sys.path.insert(0, str(ROOT))
@@ -47,7 +54,7 @@ def main() -> None:
 
     from core import db
 
-    with connection.cursor() as cursor:  # (creates the database's schema-free scratch state: nothing to migrate)
+    with connection.cursor() as cursor:  # (only reaches the database: the statements touch no table)
         cursor.execute("SELECT 1")
     statements = [
         db.Statement("SELECT %s::numeric * 2, %s::timestamptz, cardinality(%s::bigint[]), %s::text",
@@ -67,7 +74,7 @@ def main() -> None:
 
     async def run() -> dict[str, list[tuple[float, float]]]:
         db.use_async_pool_on_this_loop()
-        pool = await db._async_pools[__import__("asyncio").get_running_loop()].ready()
+        pool = await db._async_pools[asyncio.get_running_loop()].ready()
         sql, params = db._transaction_text(statements, True)
         variants = {
             "pool.connection() + AsyncClientCursor (before)": lambda: through_cursor(pool, sql, params),
