@@ -5,10 +5,9 @@ are the documented ones (docs/architecture.md, "What a request costs the gateway
 round trip or a hop to every request fails here.
 
 The counts come from wrapping the client libraries' own entry points (psycopg's ``Cursor.execute`` and
-``AsyncCursor.execute``, and ``core.db._execute``, which sends the event loop's transactions on the
-connection's libpq handle; redis-py's
-``execute_command`` and pipelines, asgiref's ``SyncToAsync``) for the length of a request: nothing of ours is
-replaced, only counted.
+``AsyncCursor.execute``; ``core.db._execute``, which sends the event loop's transactions on the
+connection's libpq handle; redis-py's ``execute_command`` and pipelines; asgiref's ``SyncToAsync``; Django's
+``BaseDatabaseWrapper.__init__``) for the length of a request: nothing is replaced, only counted.
 """
 
 import threading
@@ -20,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio
 from asgiref.sync import SyncToAsync
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from budgets.models import Budget
 from core import db
@@ -59,6 +59,17 @@ class IOCounter:
         monkeypatch.setattr(redis.asyncio.Redis, "execute_command",
                             counted("redis", redis.asyncio.Redis.execute_command))
         monkeypatch.setattr(redis.client.Pipeline, "execute", counted("redis", redis.client.Pipeline.execute))
+        # Touching django.db.connection in a request's own context on the event loop builds a new
+        # DatabaseWrapper there (Django's connections are per context): none should be built per request.
+        original_init = BaseDatabaseWrapper.__init__
+
+        def built(self_, *args, **kwargs):
+            if counter.on:
+                with counter._lock:
+                    counter.counts["database wrappers built"] += 1
+            return original_init(self_, *args, **kwargs)
+
+        monkeypatch.setattr(BaseDatabaseWrapper, "__init__", built)
         original_call = SyncToAsync.__call__
 
         def hop(self_, *args, **kwargs):
@@ -110,6 +121,7 @@ def test_a_request_under_a_budget_is_two_database_round_trips_and_no_hop(openai_
         # and the async pool checks its connections without a round trip (core/db.py).
         assert counts.get("hops", 0) == 0, io.statements
         assert counts.get("postgres health check", 0) == 0, io.statements
+        assert counts.get("database wrappers built", 0) == 0, counts
     assert UsageRecord.objects.filter(organization=tenant.org).count() == 5
 
 
