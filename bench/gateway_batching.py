@@ -11,8 +11,11 @@ the CPU engine either
   (``TOLLGATE_CPU_ENGINE_PROCESS=separate``; ``make run`` runs it in-process by default).
 
 Then, for each chat model, through HTTP with the official ``openai`` client
-(``AsyncOpenAI``, non-streaming, ``max_tokens`` fixed, ``temperature=1`` so the
-response cache never answers): ``--sequential`` requests one at a time, then
+(``AsyncOpenAI``, non-streaming, ``max_tokens`` fixed, ``temperature=1``, a
+``seed`` per request: deterministic, so each request is looked up in the exact
+and semantic caches and its answer kept, and never answered from them since
+every question is new; ``--no-seed`` leaves the seed out, so the caches are
+bypassed): ``--sequential`` requests one at a time, then
 ``--rounds`` x ``--concurrency`` requests from ``--concurrency`` clients at
 once, the two interleaved ``--repeats`` times (median throughput). ``--engine
 both`` (the default) starts one gateway of each mode and interleaves their runs
@@ -90,7 +93,7 @@ def start_gateway(var_dir: str, mode: str) -> tuple[subprocess.Popen, str, str]:
 
 
 async def gateway_level(client: openai.AsyncOpenAI, model: str, n: int, concurrency: int, max_tokens: int,
-                        tag: str) -> dict:
+                        tag: str, seeded: bool = True) -> dict:
     queue = list(range(n))
     tokens = 0
     latencies: list[float] = []
@@ -101,7 +104,7 @@ async def gateway_level(client: openai.AsyncOpenAI, model: str, n: int, concurre
             i = queue.pop()
             t0 = time.perf_counter()
             completion = await client.chat.completions.create(
-                model=model, max_tokens=max_tokens, temperature=1.0, seed=i,
+                model=model, max_tokens=max_tokens, temperature=1.0, seed=i if seeded else openai.NOT_GIVEN,
                 messages=[{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} ({tag} {i})"}])
             latencies.append(time.perf_counter() - t0)
             tokens += completion.usage.completion_tokens
@@ -124,9 +127,10 @@ async def bench_gateways(gateways: dict[str, tuple[str, str]], models: list[str]
         for rep in range(args.repeats):
             for mode, client in clients.items():
                 seq, conc = out[mode][model]
-                seq.append(await gateway_level(client, model, args.sequential, 1, args.max_tokens, f"s{rep}"))
+                seq.append(await gateway_level(client, model, args.sequential, 1, args.max_tokens, f"s{rep}",
+                                               args.seed))
                 conc.append(await gateway_level(client, model, args.concurrency * args.rounds, args.concurrency,
-                                                args.max_tokens, f"c{rep}"))
+                                                args.max_tokens, f"c{rep}", args.seed))
         for mode in gateways:
             seq, conc = out[mode][model]
             s = statistics.median(r["tok_s"] for r in seq)
@@ -170,6 +174,8 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, default=8, help="requests in the one-at-a-time run")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-engine-alone", action="store_true")
+    ap.add_argument("--seed", action=argparse.BooleanOptionalAction, default=True,
+                    help="a seed per request (the default), which makes it cacheable; --no-seed bypasses the caches")
     args = ap.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
 
@@ -190,7 +196,8 @@ def main() -> None:
     alone = {} if args.no_engine_alone else asyncio.run(bench_engine_alone(models, args))
 
     print(f"\n{args.max_tokens} max output tokens, {args.concurrency} concurrent x {args.rounds} rounds vs "
-          f"{args.sequential} one at a time, median of {args.repeats} interleaved repeats, cpus={os.cpu_count()}\n")
+          f"{args.sequential} one at a time, median of {args.repeats} interleaved repeats, "
+          f"{'seeded (cached)' if args.seed else 'no seed (caches bypassed)'}, cpus={os.cpu_count()}\n")
     print(f"| model | engine | gateway 1 at a time tok/s | gateway {args.concurrency} at once tok/s "
           f"| gateway speedup | {args.concurrency} at once p50 s |")
     print("|---|---|---:|---:|---:|---:|")
