@@ -41,7 +41,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from serving.engines.base import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
-from serving.engines.cpu import CpuEngine  # noqa: E402
+from serving.engines.cpu.engine import CpuEngine  # noqa: E402
 
 PROMPTS = [
     "Summarise the quarterly budget report for the platform team.",

@@ -143,7 +143,7 @@ async def bench_gateways(gateways: dict[str, tuple[str, str]], models: list[str]
 
 
 async def bench_engine_alone(models: list[str], args) -> dict[str, tuple[float, float]]:
-    from serving.engines.cpu import CpuEngine
+    from serving.engines.cpu.engine import CpuEngine
 
     threads = int(os.environ.get("TOLLGATE_CPU_ENGINE_THREADS") or 0)
     engine = CpuEngine(models=models, max_num_seqs=32, threads=threads)

@@ -51,7 +51,7 @@ def _build_engine() -> Engine | None:
     if kind == "cpu" and cpu_worker_url():
         return _cpu_worker_engine(cpu_worker_url())
     if kind == "cpu":
-        from .cpu import CpuEngine
+        from .cpu.engine import CpuEngine
 
         return CpuEngine(
             max_num_seqs=settings.TOLLGATE_CPU_MAX_NUM_SEQS,
@@ -64,7 +64,7 @@ def _build_engine() -> Engine | None:
 
 
 def _cpu_worker_engine(url: str) -> Engine:
-    from .cpu import CpuEngine
+    from .cpu.engine import CpuEngine
     from .cpu.engine import DEFAULT_MODELS
     from .cpu.model import MODEL_CONFIGS
     from .remote import RemoteEngine

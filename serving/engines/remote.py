@@ -175,7 +175,7 @@ class RemoteEngine(Engine):
     def count_prompt_tokens(self, model: str, messages: tuple[ChatMessage, ...]) -> int:
         # The gateway's pre-check of the context window, with the CPU engine's tokenizer (exact for the
         # tollgate-* family). What is billed is what the worker reports in `usage`.
-        from .cpu.engine import get_tokenizer
+        from .cpu.tokenizer import get_tokenizer
 
         return get_tokenizer().count_chat(messages)
 

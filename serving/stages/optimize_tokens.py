@@ -98,7 +98,7 @@ def parse_steps(value: str, *, param: str = HEADER) -> frozenset[str]:
 
 def count_tokens(messages: tuple[ChatMessage, ...]) -> int:
     # The gateway's one prompt counter (the route stage counts with the same tokenizer for every engine).
-    from ..engines.cpu.engine import get_tokenizer
+    from ..engines.cpu.tokenizer import get_tokenizer
 
     return get_tokenizer().count_chat(messages)
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from serving.engines.base import ChatMessage, GenerationRequest, SamplingParams
-from serving.engines.cpu import CpuEngine
+from serving.engines.cpu.engine import CpuEngine
 from serving.engines.remote import RemoteEngine
 
 from .conftest import MINI

@@ -21,7 +21,7 @@ from serving.engines.base import (
     PromptTooLong,
     SamplingParams,
 )
-from serving.engines.cpu import CpuEngine
+from serving.engines.cpu.engine import CpuEngine
 from serving.engines.cpu.model import MODEL_CONFIGS, LlamaModel
 from serving.engines.cpu.tokenizer import SEP_ID, ChatTokenizer
 

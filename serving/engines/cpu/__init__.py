@@ -1,6 +1,6 @@
-"""In-process CPU engine: small Llama-style models over the BERT WordPiece vocabulary."""
+"""In-process CPU engine: small Llama-style models over the BERT WordPiece vocabulary.
 
-from serving.engines.cpu.engine import CpuEngine, CpuGenerationStream, StepRecord
-from serving.engines.cpu.model import MODEL_CONFIGS, ModelConfig
-
-__all__ = ["CpuEngine", "CpuGenerationStream", "StepRecord", "MODEL_CONFIGS", "ModelConfig"]
+The package imports nothing itself: ``engine`` and ``model`` bring in torch, which a gateway that only
+counts prompts (``tokenizer``) for remote workers never needs. Import ``serving.engines.cpu.engine``
+for ``CpuEngine``.
+"""

@@ -26,7 +26,6 @@ import asyncio
 import logging
 import os
 import random
-import gc
 import threading
 import time
 from collections import OrderedDict, deque
@@ -50,27 +49,12 @@ from serving.engines.base import (
 )
 from serving.engines.cpu.model import MODEL_CONFIGS, LlamaModel, ModelConfig
 from serving.engines.cpu.structured import GrammarConstraint, GrammarVocabulary, StructuredOutputError
-from serving.engines.cpu.tokenizer import SEP_ID, ChatTokenizer
+from serving.engines.cpu.tokenizer import SEP_ID, get_tokenizer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("tollgate-mini", "tollgate-small", "tollgate-large")
 
-_tokenizer: ChatTokenizer | None = None
-_tokenizer_lock = threading.Lock()
-
-
-def get_tokenizer() -> ChatTokenizer:
-    """The process-wide tokenizer (loaded once)."""
-    global _tokenizer
-    if _tokenizer is None:
-        with _tokenizer_lock:
-            if _tokenizer is None:
-                _tokenizer = ChatTokenizer()
-                # Loaded once per process, on the first prompt counted: the tokenizer and torch stay till
-                # the process ends, so the garbage collector stops walking them (as tollgate/asgi.py does).
-                gc.freeze()
-    return _tokenizer
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class Command(BaseCommand):
     def serve_cpu(self, host, port, options):
         import uvicorn
 
-        from serving.engines.cpu import CpuEngine
+        from serving.engines.cpu.engine import CpuEngine
         from serving.engines.worker import build_worker_app
 
         models = [m.strip() for m in options["models"].split(",") if m.strip()]
