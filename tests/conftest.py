@@ -6,6 +6,7 @@ real embedded ClickHouse (chDB) in a fresh temporary folder per session.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -173,6 +174,14 @@ def second_gateway(live_gateway, transactional_db, tmp_path):
     """Another web process (`manage.py serve`) on the same PostgreSQL and Redis as the tests, with its own
     chDB folder, and memos that live 10 minutes: whatever it learns of a change within a test, it learns from
     the other processes, not from its memo expiring."""
+    with gateway_process(tmp_path, TOLLGATE_CONFIG_CACHE_TTL_S="600") as gateway:
+        yield gateway
+
+
+@contextlib.contextmanager
+def gateway_process(tmp_path, **settings: str):
+    """A `manage.py serve` process on the tests' PostgreSQL and Redis, its own chDB folder, no shipper and
+    no span export, and ``settings`` (environment variables) on top."""
     import os
     import subprocess
     import sys
@@ -186,8 +195,7 @@ def second_gateway(live_gateway, transactional_db, tmp_path):
     env = {**os.environ,
            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
            "CLICKHOUSE_DSN": f"chdb:///{tmp_path / 'clickhouse'}", "TOLLGATE_INPROCESS_SHIPPER": "false",
-           "TOLLGATE_SPANS_TO_CLICKHOUSE": "false", "TOLLGATE_CONFIG_CACHE_TTL_S": "600",
-           "UVICORN_LOG_LEVEL": "warning"}
+           "TOLLGATE_SPANS_TO_CLICKHOUSE": "false", "UVICORN_LOG_LEVEL": "warning", **settings}
     port = free_port()
     server = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)],
                               cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,

@@ -177,5 +177,9 @@ class RequestContext:
 
     @property
     def trace_id(self) -> str:
-        span = self.span or trace.get_current_span()
-        return format(span.get_span_context().trace_id, "032x")
+        """The request's trace id, for its ledger row; "" when its trace is not kept (sampled out by
+        OTEL_TRACES_SAMPLER, or tracing off), since an id no trace store holds is only a dead end."""
+        context = (self.span or trace.get_current_span()).get_span_context()
+        if not (context.is_valid and context.trace_flags.sampled):
+            return ""
+        return format(context.trace_id, "032x")
