@@ -46,6 +46,8 @@ MODEL = "bench-echo"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi to the benchmark."}], "max_tokens": 16}
 MASTER_KEY = "sk-bench-master"
 LIMITED = "Tollgate gateway + rate limits (key and org, RPM and TPM)"
+BARE = "bare proxy (uvicorn, Starlette, aiohttp; nothing else)"
+TOLLGATE = "Tollgate gateway (auth, budget, ledger, spans)"
 
 SETUP = """
 from datetime import timedelta
@@ -155,14 +157,26 @@ def start_upstream(procs: list[subprocess.Popen], *args: str) -> str:
     return upstream
 
 
+def start_bare_proxy(procs: list[subprocess.Popen], upstream: str) -> str:
+    """Start bench/bare_proxy.py in front of ``upstream``: the floor of the gateway's own stack."""
+    port = free_port()
+    procs.append(subprocess.Popen([sys.executable, "bench/bare_proxy.py", "--port", str(port),
+                                   "--upstream", upstream], cwd=ROOT))
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{url}/health", procs[-1])
+    return url
+
+
 def start_tollgate(procs: list[subprocess.Popen], tmp: str, database_url: str, redis_url: str,
-                   upstream: str) -> tuple[str, str, str]:
+                   upstream: str, settings: dict[str, str] | None = None) -> tuple[str, str, str]:
     """Migrate and seed a database of its own, then start ``manage.py serve`` (1 process) serving ``bench-echo``
-    on ``upstream``: its base URL, the plain key and the rate-limited key."""
+    on ``upstream``: its base URL, the plain key and the rate-limited key. ``settings``: environment
+    variables on top of the bench's (a variant with a feature off)."""
     env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=redis_url,
                CLICKHOUSE_DSN=f"chdb:///{tmp}/ch", TOLLGATE_VAR_DIR=f"{tmp}/var", TOLLGATE_ENGINE="none",
                TOLLGATE_EMBEDDINGS_IN_PROCESS="false", TOLLGATE_INPROCESS_SHIPPER="true",
                UVICORN_LOG_LEVEL="warning", DEBUG="false")
+    env.update(settings or {})
     env.pop("CELERY_BROKER_URL", None)
     key, limited_key = prepare_database(database_url, env, upstream)
     port = free_port()
@@ -277,6 +291,9 @@ def main() -> None:
     ap.add_argument("--rate-limits", nargs="?", const="after", choices=["after", "first"], default="",
                     help="also time a key whose requests check all four rate limits (key and org, RPM and TPM), "
                          "after the plain key in each level or (first) before it")
+    ap.add_argument("--bare-proxy", action="store_true",
+                    help="also time bench/bare_proxy.py (the same web stack passing requests on, nothing else): "
+                         "the floor under the gateway's CPU per request")
     args = ap.parse_args()
 
     procs: list[subprocess.Popen] = []
@@ -285,18 +302,19 @@ def main() -> None:
         upstream = start_upstream(procs)
         gateway, key, limited_key = start_tollgate(procs, tmp, args.database_url, args.redis_url, upstream)
 
-        pids = {"upstream direct": procs[0].pid, "Tollgate gateway (auth, budget, ledger, spans)": procs[-1].pid,
-                LIMITED: procs[-1].pid}
+        pids = {"upstream direct": procs[0].pid, TOLLGATE: procs[-1].pid, LIMITED: procs[-1].pid}
         paths = {
             "upstream direct": (f"{upstream}/v1/chat/completions", {}),
-            "Tollgate gateway (auth, budget, ledger, spans)": (f"{gateway}/v1/chat/completions",
-                                                               {"Authorization": f"Bearer {key}"}),
+            TOLLGATE: (f"{gateway}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
         }
         if args.rate_limits:
             paths[LIMITED] = (f"{gateway}/v1/chat/completions", {"Authorization": f"Bearer {limited_key}"})
             if args.rate_limits == "first":  # the later path in a level runs on a fuller ledger and ClickHouse
-                paths = {name: paths[name] for name in ("upstream direct", LIMITED,
-                                                        "Tollgate gateway (auth, budget, ledger, spans)")}
+                paths = {name: paths[name] for name in ("upstream direct", LIMITED, TOLLGATE)}
+        if args.bare_proxy:
+            bare = start_bare_proxy(procs, upstream)
+            pids[BARE] = procs[-1].pid
+            paths[BARE] = (f"{bare}/v1/chat/completions", {})
         if args.litellm:
             litellm = start_litellm(procs, tmp, args.litellm, upstream)
             pids["LiteLLM proxy (1 worker, master key, no database)"] = procs[-1].pid
@@ -304,8 +322,7 @@ def main() -> None:
                 f"{litellm}/v1/chat/completions", {"Authorization": f"Bearer {MASTER_KEY}"})
 
         # The gateway must really answer before anything is timed.
-        check = httpx.post(paths["Tollgate gateway (auth, budget, ledger, spans)"][0], json=BODY, timeout=30,
-                           headers={"Authorization": f"Bearer {key}"})
+        check = httpx.post(paths[TOLLGATE][0], json=BODY, timeout=30, headers={"Authorization": f"Bearer {key}"})
         check.raise_for_status()
 
         results: dict[tuple[str, int], dict] = {}
@@ -338,15 +355,20 @@ def main() -> None:
                       f"{r['cpu_ms']:.2f} | {ch} | {r['client_cpu_ms']:.2f} | "
                       f"{r['errors']}{f' ({kinds})' if (kinds := r['error_kinds']) else ''} |")
         if args.rate_limits:
-            gw = "Tollgate gateway (auth, budget, ledger, spans)"
+            gw = TOLLGATE
             for c in levels:
                 base, limited = results[(gw, c)], results[(LIMITED, c)]
                 print(f"\nc={c}: with rate limits / without: requests/s {limited['rps'] / base['rps']:.2f}x, "
                       f"p50 {limited['p50'] - base['p50']:+.2f} ms, server CPU {limited['cpu_ms'] - base['cpu_ms']:+.2f} "
                       f"ms/request")
+        if args.bare_proxy:
+            for c in levels:
+                gw, floor = results[(TOLLGATE, c)], results[(BARE, c)]
+                print(f"\nc={c}: Tollgate's server CPU above the bare proxy's: {gw['cpu_ms'] - floor['cpu_ms']:.2f} "
+                      f"ms/request ({gw['cpu_ms']:.2f} against {floor['cpu_ms']:.2f})")
         if args.litellm:
             ll = "LiteLLM proxy (1 worker, master key, no database)"
-            gw = "Tollgate gateway (auth, budget, ledger, spans)"
+            gw = TOLLGATE
             for c in levels:
                 ratio = results[(gw, c)]["rps"] / results[(ll, c)]["rps"]
                 added_gw = results[(gw, c)]["p50"] - results[("upstream direct", c)]["p50"]

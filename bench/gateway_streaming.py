@@ -36,7 +36,8 @@ import time
 
 import aiohttp
 
-from gateway_overhead import MASTER_KEY, MODEL, cpu_seconds, start_litellm, start_tollgate, start_upstream, stop
+from gateway_overhead import (BARE, MASTER_KEY, MODEL, cpu_seconds, start_bare_proxy, start_litellm, start_tollgate,
+                              start_upstream, stop)
 
 DIRECT = "upstream direct"
 TOLLGATE = "Tollgate gateway (auth, budget, ledger, spans)"
@@ -130,6 +131,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--levels", default="1,16")
     ap.add_argument("--litellm", default="", help="path to the litellm executable (own virtualenv)")
+    ap.add_argument("--bare-proxy", action="store_true",
+                    help="also time bench/bare_proxy.py, which passes the upstream's bytes on as it reads them: "
+                         "the web stack's own floor")
     ap.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/tollgate_bench_streaming")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/8")
     args = ap.parse_args()
@@ -142,6 +146,9 @@ def main() -> None:
         print(f"Tollgate on {gateway}, pid {procs[1].pid}", file=sys.stderr)  # (to profile it)
         paths = {DIRECT: (f"{upstream}/v1/chat/completions", {}, procs[0].pid),
                  TOLLGATE: (f"{gateway}/v1/chat/completions", {"Authorization": f"Bearer {key}"}, procs[1].pid)}
+        if args.bare_proxy:
+            bare = start_bare_proxy(procs, upstream)
+            paths[BARE] = (f"{bare}/v1/chat/completions", {}, procs[-1].pid)
         if args.litellm:
             litellm = start_litellm(procs, tmp, args.litellm, upstream)
             paths[LITELLM] = (f"{litellm}/v1/chat/completions", {"Authorization": f"Bearer {MASTER_KEY}"},
