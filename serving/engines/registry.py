@@ -64,8 +64,7 @@ def _build_engine() -> Engine | None:
 
 
 def _cpu_worker_engine(url: str) -> Engine:
-    from .cpu.engine import CpuEngine
-    from .cpu.engine import DEFAULT_MODELS
+    from .cpu.engine import DEFAULT_MODELS, CpuEngine
     from .cpu.model import MODEL_CONFIGS
     from .remote import RemoteEngine
 

@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODELS = ("tollgate-mini", "tollgate-small", "tollgate-large")
 
 
-
 @dataclass(frozen=True)
 class StepRecord:
     """One forward pass of the scheduler."""

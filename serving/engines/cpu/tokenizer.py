@@ -182,8 +182,8 @@ def get_tokenizer() -> ChatTokenizer:
     """The process-wide tokenizer (loaded once).
 
     It lives here, apart from the engine, because every gateway counts prompts with it, and one whose
-    models all run on remote workers must not import torch (the engine's) for that: 1.3 s on the first
-    request, and the memory torch holds from then on."""
+    models all run on remote workers must not import torch (the engine's) for that: over a second on its
+    first request, and the memory torch holds from then on."""
     global _tokenizer
     if _tokenizer is None:
         with _tokenizer_lock:
@@ -193,6 +193,7 @@ def get_tokenizer() -> ChatTokenizer:
                 # process ends, so the garbage collector stops walking it (as tollgate/asgi.py does).
                 gc.freeze()
     return _tokenizer
+
 
 class IncrementalDecoder:
     """Turns a growing list of token ids into text deltas.
