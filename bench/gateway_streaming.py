@@ -36,11 +36,10 @@ import time
 
 import aiohttp
 
-from gateway_overhead import (BARE, MASTER_KEY, MODEL, cpu_seconds, start_bare_proxy, start_litellm, start_tollgate,
-                              start_upstream, stop)
+from gateway_overhead import (BARE, MASTER_KEY, MODEL, TOLLGATE, cpu_seconds, start_bare_proxy, start_litellm,
+                              start_tollgate, start_upstream, stop)
 
 DIRECT = "upstream direct"
-TOLLGATE = "Tollgate gateway (auth, budget, ledger, spans)"
 LITELLM = "LiteLLM proxy (1 worker, master key, no database)"
 
 
